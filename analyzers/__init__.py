@@ -1,0 +1,1 @@
+"""normdyn.analyzers: consume stores (measures over checkpoints, aggregation, fits, reports)."""

@@ -1,0 +1,451 @@
+"""The run store (format ``normdyn-run/1``, see docs/store-format.md).
+
+A store is a directory; each run is a subdirectory holding ``run.h5`` (the
+index), ``ckpt/step-NNNNNNNNNN.safetensors`` and ``resume/latest.safetensors``.
+
+Every change to ``run.h5`` is a copy-on-write under a file lock: the index is
+copied to a temporary file, modified, fsynced and renamed over the original.
+The index is small (one row per checkpoint), so the copy is cheap, and a crash
+at any moment leaves the previous or the new index, never a torn one. Two
+processes that write measures into one run serialise on the lock and each
+sees the other's results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+import torch
+from filelock import FileLock
+
+from normdyn.core import __version__
+from normdyn.core.atomic import replacing
+from normdyn.core.checkpoint import CheckpointFile, write_checkpoint
+from normdyn.core.errors import StoreError
+
+__all__ = [
+    "FORMAT", "INDEX", "STATUSES", "CHECKPOINT_COLUMNS", "METRIC_COLUMNS",
+    "Run", "MeasureRecord", "list_runs", "scan_runs", "run_dirs", "checkpoint_filename",
+]
+
+FORMAT = "normdyn-run/1"
+INDEX = "run.h5"
+LOCK = "run.h5.lock"
+STATUSES = ("running", "complete", "failed")
+METRIC_COLUMNS = ("train_error", "train_loss", "test_error", "test_loss")
+CHECKPOINT_COLUMNS = ("step", "epoch", "samples_seen", "wall_time", "file", "sha256", "bytes", *METRIC_COLUMNS)
+_INT_COLUMNS = ("step", "samples_seen", "bytes")
+_STR_COLUMNS = ("file", "sha256")
+_JSON_ATTRS = ("config", "model_spec", "dataset")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_LIBVER = "v108"  # HDF5 1.8 file format: large (dense) attributes, readable everywhere
+
+
+def checkpoint_filename(step: int) -> str:
+    """``ckpt/step-0000000117.safetensors`` for step 117."""
+    return f"ckpt/step-{int(step):010d}.safetensors"
+
+
+def _column_dtype(name: str) -> Any:
+    if name in _INT_COLUMNS:
+        return np.int64
+    if name in _STR_COLUMNS:
+        return h5py.string_dtype("utf-8")
+    return np.float64
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass
+class MeasureRecord:
+    """One measure of one run, aligned row by row with ``/checkpoints``.
+
+    ``values[i]`` is NaN where not computed or failed; ``sha256[i]`` is the
+    checkpoint hash the value was computed on ("" if none); ``errors`` maps a
+    row index to the error message of a failed computation.
+    """
+
+    values: np.ndarray
+    plugin: str = ""
+    version: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    sha256: list[str] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int, *, plugin: str = "", version: str = "", params: Mapping[str, Any] | None = None) -> "MeasureRecord":
+        """A record of ``n`` rows, nothing computed."""
+        return cls(np.full(n, np.nan), plugin, version, dict(params or {}), [""] * n, {})
+
+
+class Run:
+    """One training run: its index ``run.h5`` and checkpoint files.
+
+    Open an existing run with ``Run(path)``; create one with :meth:`Run.create`.
+    Reads open the index briefly and close it again, so a ``Run`` object can be
+    held for a long time while other processes write.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.index = self.path / INDEX
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such run directory")
+        if not self.index.is_file():
+            raise StoreError(f"{self.path}: not a normdyn run (no {INDEX}); run `normdyn store fsck --repair` on its store if checkpoints exist")
+        self._lock = FileLock(str(self.path / LOCK))
+        attrs = self.attrs  # validates the index once
+        if attrs.get("format") != FORMAT:
+            raise StoreError(f"{self.index}: format {attrs.get('format')!r} is not {FORMAT!r}")
+
+    # ---------------------------------------------------------------- creation
+    @classmethod
+    def create(
+        cls,
+        store: str | os.PathLike[str],
+        run_id: str,
+        *,
+        config: Mapping[str, Any],
+        model_spec: Mapping[str, Any],
+        dataset: Mapping[str, Any],
+        P: int,
+        seed: int,
+        exist_ok: bool = False,
+    ) -> "Run":
+        """Create run ``run_id`` in ``store`` (status ``running``) and return it.
+
+        With ``exist_ok`` an existing run of that id is opened instead; without
+        it an existing run is an error (nothing is ever overwritten).
+        """
+        if not _NAME_RE.match(run_id):
+            raise StoreError(f"run id {run_id!r}: use letters, digits, '_', '-', '.' only")
+        path = Path(store) / run_id
+        if (path / INDEX).exists():
+            if exist_ok:
+                return cls(path)
+            raise StoreError(f"{path}: run already exists (pass exist_ok or choose another id)")
+        (path / "ckpt").mkdir(parents=True, exist_ok=True)
+        attrs = {
+            "format": FORMAT,
+            "run_id": run_id,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "status": "running",
+            "config": json.dumps(dict(config), sort_keys=True),
+            "model_spec": json.dumps(dict(model_spec), sort_keys=True),
+            "dataset": json.dumps(dict(dataset), sort_keys=True),
+            "P": int(P),
+            "seed": int(seed),
+            "normdyn_version": __version__,
+            "torch_version": str(torch.__version__),
+            "python_version": platform.python_version(),
+        }
+        with FileLock(str(path / LOCK)):
+            _write_new_index(path / INDEX, attrs, rows=[])
+        return cls(path)
+
+    # ------------------------------------------------------------------ access
+    @contextmanager
+    def _read(self) -> Iterator[h5py.File]:
+        try:
+            f = h5py.File(self.index, "r")
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.index}: damaged index ({exc}); run `normdyn store fsck --repair`") from None
+        try:
+            yield f
+        except (KeyError, OSError, ValueError) as exc:
+            raise StoreError(f"{self.index}: damaged index ({exc}); run `normdyn store fsck --repair`") from None
+        finally:
+            f.close()
+
+    @contextmanager
+    def _mutate(self) -> Iterator[h5py.File]:
+        """Copy-on-write update of the index under the run's file lock."""
+        with self._lock:
+            with replacing(self.index, copy_existing=True) as tmp:
+                with h5py.File(tmp, "r+", libver=_LIBVER) as f:
+                    yield f
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Root attributes, JSON ones (config, model_spec, dataset) decoded."""
+        with self._read() as f:
+            raw = {k: _decode(v) for k, v in f.attrs.items()}
+        for key in _JSON_ATTRS:
+            if key in raw:
+                try:
+                    raw[key] = json.loads(raw[key])
+                except (TypeError, json.JSONDecodeError):
+                    raise StoreError(f"{self.index}: attribute {key!r} is not valid JSON") from None
+        return raw
+
+    @property
+    def run_id(self) -> str:
+        return str(self.attrs["run_id"])
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs["status"])
+
+    @property
+    def P(self) -> int:
+        return int(self.attrs["P"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.attrs["seed"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.attrs["config"]
+
+    @property
+    def model_spec(self) -> dict[str, Any]:
+        return self.attrs["model_spec"]
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return self.attrs["dataset"]
+
+    def set_status(self, status: str) -> None:
+        """Mark the run ``running``, ``complete`` or ``failed``."""
+        if status not in STATUSES:
+            raise StoreError(f"status {status!r}: use one of {', '.join(STATUSES)}")
+        with self._mutate() as f:
+            f.attrs["status"] = status
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ------------------------------------------------------------- checkpoints
+    def checkpoints(self) -> dict[str, np.ndarray]:
+        """The ``/checkpoints`` table as numpy arrays (strings as ``str``)."""
+        with self._read() as f:
+            g = f["checkpoints"]
+            out = {}
+            for name in g:
+                arr = g[name][()]
+                if name in _STR_COLUMNS:
+                    arr = np.array([_decode(v) for v in arr], dtype=object)
+                out[name] = arr
+        return out
+
+    def __len__(self) -> int:
+        with self._read() as f:
+            return int(f["checkpoints/step"].shape[0])
+
+    def append_checkpoint(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        *,
+        step: int,
+        epoch: float,
+        samples_seen: int = 0,
+        metrics: Mapping[str, float] | None = None,
+    ) -> int:
+        """Save ``state_dict`` as the checkpoint of ``step``; return its row index.
+
+        The safetensors file is written atomically first (its metadata holds
+        the metrics row and the run attributes, enough to rebuild the index),
+        then the row is appended to the index. ``metrics`` may hold the four
+        standard columns and any extra float columns (created on first use,
+        NaN for earlier rows). Measures get a NaN row.
+        """
+        steps = self.checkpoints()["step"]
+        if len(steps) and int(step) <= int(steps[-1]):
+            raise StoreError(f"{self.path}: step {step} is not after the last checkpoint (step {int(steps[-1])})")
+        row = {"step": int(step), "epoch": float(epoch), "samples_seen": int(samples_seen),
+               "wall_time": time.time(), "file": checkpoint_filename(step)}
+        row.update({k: float("nan") for k in METRIC_COLUMNS})
+        row.update({k: float(v) for k, v in (metrics or {}).items()})
+        attrs = self.attrs
+        meta = {
+            "format": FORMAT,
+            "run_id": str(attrs["run_id"]),
+            "step": str(int(step)),
+            "epoch": repr(float(epoch)),
+            "metrics": json.dumps({k: v for k, v in row.items() if k not in ("step", "epoch", "file")}),
+            "run": json.dumps(_run_attrs_for_metadata(attrs)),
+        }
+        (self.path / "ckpt").mkdir(exist_ok=True)
+        sha, nbytes = write_checkpoint(self.path / row["file"], state_dict, meta)
+        row.update(sha256=sha, bytes=nbytes)
+        with self._mutate() as f:
+            _append_row(f, row)
+            return int(f["checkpoints/step"].shape[0]) - 1
+
+    def checkpoint(self, i: int) -> CheckpointFile:
+        """Lazy access to the checkpoint of row ``i`` (negative counts from the end)."""
+        files = self.checkpoints()["file"]
+        if not -len(files) <= i < len(files):
+            raise StoreError(f"{self.path}: no checkpoint row {i} (run has {len(files)})")
+        return CheckpointFile(self.path / files[i])
+
+    def load_state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        """All tensors of checkpoint row ``i``."""
+        return self.checkpoint(i).load_all()
+
+    # ----------------------------------------------------------------- resume
+    def save_resume(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Atomically store the resume state (tensors plus a JSON-able dict)."""
+        (self.path / "resume").mkdir(exist_ok=True)
+        write_checkpoint(self.path / "resume" / "latest.safetensors", tensors,
+                         {"format": FORMAT, "resume": json.dumps(meta)})
+
+    def load_resume(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The resume state saved last, or None if there is none."""
+        path = self.path / "resume" / "latest.safetensors"
+        if not path.exists():
+            return None
+        ck = CheckpointFile(path)
+        try:
+            meta = json.loads(ck.metadata["resume"])
+        except (KeyError, json.JSONDecodeError):
+            raise StoreError(f"{path}: resume metadata missing or not JSON") from None
+        return ck.load_all(), meta
+
+    # --------------------------------------------------------------- measures
+    def measures(self) -> list[str]:
+        """Names of the measures stored for this run."""
+        with self._read() as f:
+            return sorted(f["measures"]) if "measures" in f else []
+
+    def read_measure(self, name: str) -> MeasureRecord | None:
+        """The stored record of measure ``name``, or None if never computed."""
+        with self._read() as f:
+            if f"measures/{name}" not in f:
+                return None
+            d = f[f"measures/{name}"]
+            values = np.asarray(d[()], dtype=np.float64)
+            at = d.attrs
+            sha = [_decode(s) for s in at.get("sha256", [])]
+            return MeasureRecord(
+                values=values,
+                plugin=str(_decode(at.get("plugin", ""))),
+                version=str(_decode(at.get("version", ""))),
+                params=json.loads(_decode(at.get("params", "{}"))),
+                sha256=sha + [""] * (len(values) - len(sha)),
+                errors={int(k): v for k, v in json.loads(_decode(at.get("errors", "{}"))).items()},
+            )
+
+    def write_measure(self, name: str, record: MeasureRecord) -> None:
+        """Store ``record`` as ``/measures/name`` (replacing an older record).
+
+        The record must have one row per checkpoint. Only this measure's
+        dataset is touched; other measures written concurrently are kept.
+        """
+        if not _NAME_RE.match(name):
+            raise StoreError(f"measure name {name!r}: use letters, digits, '_', '-', '.' only")
+        with self._mutate() as f:
+            n = int(f["checkpoints/step"].shape[0])
+            if len(record.values) != n or len(record.sha256) != n:
+                raise StoreError(
+                    f"{self.index}: measure {name!r} has {len(record.values)} values and "
+                    f"{len(record.sha256)} hashes for {n} checkpoints"
+                )
+            _put_measure(f, name, record)
+
+
+def _put_measure(f: h5py.File, name: str, record: MeasureRecord) -> None:
+    g = f.require_group("measures")
+    if name in g:
+        del g[name]
+    d = g.create_dataset(name, data=np.asarray(record.values, dtype=np.float64), maxshape=(None,))
+    d.attrs["plugin"] = record.plugin
+    d.attrs["version"] = record.version
+    d.attrs["params"] = json.dumps(record.params, sort_keys=True)
+    d.attrs["sha256"] = np.array(record.sha256, dtype=h5py.string_dtype("utf-8"))
+    d.attrs["errors"] = json.dumps({str(k): v for k, v in sorted(record.errors.items())})
+
+
+def _run_attrs_for_metadata(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The run attributes copied into every checkpoint (for index rebuilds)."""
+    return {k: v for k, v in attrs.items() if k != "status"}
+
+
+def _append_row(f: h5py.File, row: Mapping[str, Any]) -> None:
+    g = f["checkpoints"]
+    n = int(g["step"].shape[0])
+    for name in set(row) - set(g):
+        g.create_dataset(name, data=np.full(n, np.nan), maxshape=(None,), chunks=True)
+    for name in g:
+        d = g[name]
+        d.resize((n + 1,))
+        d[n] = row.get(name, np.nan)
+    if "measures" in f:
+        for d in f["measures"].values():
+            d.resize((n + 1,))
+            d[n] = np.nan
+            sha = list(d.attrs.get("sha256", []))
+            d.attrs["sha256"] = np.array([_decode(s) for s in sha] + [""], dtype=h5py.string_dtype("utf-8"))
+
+
+def _fill_checkpoints(f: h5py.File, rows: list[Mapping[str, Any]]) -> None:
+    """(Re)create ``/checkpoints`` holding ``rows``; extra keys become float columns."""
+    if "checkpoints" in f:
+        del f["checkpoints"]
+    columns = list(CHECKPOINT_COLUMNS) + sorted({k for r in rows for k in r} - set(CHECKPOINT_COLUMNS))
+    g = f.create_group("checkpoints")
+    for name in columns:
+        fill = "" if name in _STR_COLUMNS else (0 if name in _INT_COLUMNS else np.nan)
+        data = np.array([r.get(name, fill) for r in rows], dtype=_column_dtype(name))
+        g.create_dataset(name, data=data, maxshape=(None,), chunks=True)
+
+
+def _write_new_index(path: Path, attrs: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> None:
+    """Write a fresh index with ``attrs`` and checkpoint ``rows`` atomically."""
+    with replacing(path) as tmp:
+        with h5py.File(tmp, "w", libver=_LIBVER) as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            _fill_checkpoints(f, rows)
+
+
+def run_dirs(store: str | os.PathLike[str]) -> list[Path]:
+    """Subdirectories of ``store`` that hold a run (an index or checkpoints), sorted."""
+    root = Path(store)
+    if not root.exists():
+        raise StoreError(f"{root}: no such store directory")
+    if not root.is_dir():
+        raise StoreError(f"{root}: not a directory (a store is a directory of runs)")
+    if (root / INDEX).exists():
+        raise StoreError(f"{root}: this is a run directory, not a store; pass its parent")
+    return [p for p in sorted(root.iterdir()) if (p / INDEX).is_file() or (p / "ckpt").is_dir()]
+
+
+def scan_runs(store: str | os.PathLike[str]) -> tuple[list[Run], list[StoreError]]:
+    """The readable runs of ``store``, and one error per run that cannot be opened.
+
+    Batch commands use this to report a damaged run and carry on with the rest.
+    """
+    runs: list[Run] = []
+    errors: list[StoreError] = []
+    for path in run_dirs(store):
+        try:
+            runs.append(Run(path))
+        except StoreError as exc:
+            errors.append(exc)
+    return runs, errors
+
+
+def list_runs(store: str | os.PathLike[str]) -> list[Run]:
+    """The runs of ``store``, sorted by id; raises on the first damaged run."""
+    runs, errors = scan_runs(store)
+    if errors:
+        raise errors[0]
+    return runs

@@ -1,0 +1,1 @@
+"""Built-in plugins: measures, fitters, models, datasets, report sections."""

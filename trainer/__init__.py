@@ -1,0 +1,1 @@
+"""normdyn.trainer: models are trained here into stores (training loop, sweeps)."""
