@@ -29,6 +29,7 @@ _DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8, "BOOL": torch.bool,
 }
 _MAX_HEADER = 100 * 1024 * 1024
+ORDER_KEY = "tensor_order"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -43,7 +44,8 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 def write_checkpoint(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, int]:
     """Atomically write ``tensors`` with string ``metadata``; return (sha256, bytes)."""
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    data = _st_save(clean, metadata=dict(metadata))
+    # safetensors lays tensors out sorted by dtype and name; keep the state-dict order
+    data = _st_save(clean, metadata={**metadata, ORDER_KEY: json.dumps(list(clean))})
     write_bytes_atomic(Path(path), data)
     return hashlib.sha256(data).hexdigest(), len(data)
 
@@ -101,7 +103,16 @@ class CheckpointFile:
             )
 
     def keys(self) -> list[str]:
-        """Tensor names in file order (sorted by offset: the order they were saved in)."""
+        """Tensor names in the order they were saved (state-dict order); for files
+        written by other tools, in data-offset order."""
+        order = self.metadata.get(ORDER_KEY)
+        if order is not None:
+            try:
+                names = json.loads(order)
+            except json.JSONDecodeError:
+                names = None
+            if isinstance(names, list) and sorted(names) == sorted(self._entries):
+                return names
         return sorted(self._entries, key=lambda k: self._entries[k][2])
 
     def __contains__(self, name: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from normdyn.core import __version__, plugins
-from normdyn.core.errors import NormdynError
+from normdyn.core.errors import NormdynError, StoreError
 from normdyn.core.fsck import fsck_store
 from normdyn.core.schedule import parse_schedule
 from normdyn.core.store import Run, scan_runs
@@ -50,12 +50,18 @@ def _run_row(run: Run) -> list[Any]:
             attrs.get("seed", "?"), attrs.get("status", "?"), len(run), ",".join(run.measures()) or "-"]
 
 
+def _require_runs(store_dir: str, found: list[Any], errors: list[Any]) -> None:
+    if not found and not errors:
+        raise StoreError(f"{store_dir}: no runs found (a store is a directory of run directories)")
+
+
 @store.command("ls")
 @click.argument("store_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def store_ls(store_dir: str, as_json: bool) -> None:
     """List the runs of STORE_DIR."""
     runs, errors = scan_runs(store_dir)
+    _require_runs(store_dir, runs, errors)
     headers = ["run", "model", "dataset", "P", "seed", "status", "checkpoints", "measures"]
     rows = [_run_row(r) for r in runs]
     if as_json:
@@ -91,6 +97,7 @@ def store_show(run_dir: str) -> None:
 def store_fsck(store_dir: str, repair: bool) -> None:
     """Verify every run of STORE_DIR (exit 1 if a problem remains)."""
     reports = fsck_store(store_dir, repair=repair)
+    _require_runs(store_dir, reports, [])
     for rep in reports:
         for line in rep.repaired:
             click.echo(f"repaired: {line}")
