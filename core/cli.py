@@ -143,3 +143,7 @@ try:
     _COMMANDS = plugins.register_commands(cli)
 except NormdynError as _exc:  # reported by every command rather than as an import traceback
     _LOAD_ERROR = _exc
+
+
+if __name__ == "__main__":
+    main()
