@@ -33,8 +33,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     # datasets
     # measures
     # fitters
+    "normdyn.plugins.fitters.powerlaw",
+    "normdyn.plugins.fitters.law1_collapse",
+    "normdyn.plugins.fitters.per_p_laws",
+    "normdyn.plugins.fitters.combined",
     # report sections
     # commands
+    "normdyn.analyzers.fit_commands",
 )
 
 KINDS = ("measures", "fitters", "models", "datasets", "report_sections")
