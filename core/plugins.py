@@ -30,8 +30,18 @@ __all__ = ["DEFAULT_PLUGINS", "KINDS", "pm", "get_plugin_manager", "load_plugins
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     # models
+    "normdyn.plugins.models.perceptron",
+    "normdyn.plugins.models.cnn",
+    "normdyn.plugins.models.resnet",
+    "normdyn.plugins.models.vit",
+    "normdyn.plugins.models.mlp",
+    "normdyn.plugins.models.cnn1d",
     # datasets
+    "normdyn.plugins.datasets.teacher",
+    "normdyn.plugins.datasets.torchvision_images",
+    "normdyn.plugins.datasets.mnist1d_generated",
     # measures
+    "normdyn.plugins.measures.perceptron",
     # fitters
     "normdyn.plugins.fitters.powerlaw",
     "normdyn.plugins.fitters.law1_collapse",
@@ -39,6 +49,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normdyn.plugins.fitters.combined",
     # report sections
     # commands
+    "normdyn.trainer.commands",
     "normdyn.analyzers.fit_commands",
 )
 
