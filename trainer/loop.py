@@ -1,0 +1,192 @@
+"""The training loop: train a run into a store, or resume one.
+
+One straight loop over optimizer steps. Each epoch draws a permutation of the
+P samples from a dedicated generator and indexes batches from tensors that
+already sit on the device. At every schedule point the model is evaluated on
+the P training samples and on the whole test set (eval mode, no grad), the
+uncompiled state_dict is saved as a checkpoint with those metrics, and then
+the resume state is saved. The checkpoint is written first, so a run killed
+at any moment resumes from a point whose weights are on disk; points that are
+already in the index are not written again.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from normdyn.core.errors import StoreError
+from normdyn.core.store import INDEX, Run
+from normdyn.trainer.config import TrainConfig
+from normdyn.trainer.objective import evaluate
+from normdyn.trainer.resume_state import pack_optimizer, unpack_optimizer
+from normdyn.trainer.setup import ORDER_SEED_OFFSET, Training, prepare
+
+__all__ = ["train", "resume", "train_or_resume", "measure_point"]
+
+
+@dataclass
+class Position:
+    """Where the loop stands: steps done, samples seen, this epoch's order and the place in it."""
+
+    step: int = 0
+    samples_seen: int = 0
+    perm: torch.Tensor | None = None  # None: the next step starts a new epoch
+    pos: int = 0
+
+
+def measure_point(t: Training) -> dict[str, float]:
+    """Train error/loss on the P samples and test error/loss (exact when the dataset provides it)."""
+    bs = t.config.eval_batch_size
+    train_error, train_loss = evaluate(t.model, t.objective, t.x_train, t.y_train, bs)
+    test_error, test_loss = evaluate(t.model, t.objective, t.x_test, t.y_test, bs)
+    if t.exact_test_error is not None:
+        was_training = t.model.training
+        t.model.eval()
+        with torch.no_grad():
+            test_error = float(t.exact_test_error(t.model))
+        t.model.train(was_training)
+    return {"train_error": train_error, "train_loss": train_loss, "test_error": test_error, "test_loss": test_loss}
+
+
+def _save_resume(t: Training, run: Run, at: Position, order: torch.Generator) -> None:
+    tensors, optim_meta = pack_optimizer(t.optimizer.state_dict())
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.order"] = order.get_state()
+    if t.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(t.device)
+    if at.perm is not None:
+        tensors["order.perm"] = at.perm
+    run.save_resume(tensors, {"step": at.step, "samples_seen": at.samples_seen, "pos": at.pos,
+                              "optimizer": optim_meta})
+
+
+def _load_resume(t: Training, run: Run, order: torch.Generator) -> Position:
+    """Restore weights, optimizer and RNGs from ``run``; a run without resume state starts over."""
+    saved = run.load_resume()
+    if saved is None:
+        return Position()
+    tensors, meta = saved
+    steps = [int(s) for s in run.checkpoints()["step"]]
+    if meta["step"] not in steps:
+        raise StoreError(f"{run.path}: the resume state is at step {meta['step']} but the index has no such "
+                         f"checkpoint; run `normdyn store fsck --repair` on the store")
+    t.model.load_state_dict(run.load_state_dict(steps.index(meta["step"])))
+    t.optimizer.load_state_dict(unpack_optimizer(tensors, meta["optimizer"]))
+    torch.set_rng_state(tensors["rng.torch"].clone())
+    order.set_state(tensors["rng.order"].clone())
+    if t.device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"].clone(), t.device)
+    perm = tensors["order.perm"].to(t.device) if "order.perm" in tensors else None
+    return Position(step=int(meta["step"]), samples_seen=int(meta["samples_seen"]), perm=perm, pos=int(meta["pos"]))
+
+
+def _loop(t: Training, run: Run, progress: bool) -> None:
+    order = torch.Generator().manual_seed(t.config.seed + ORDER_SEED_OFFSET)
+    at = _load_resume(t, run, order)
+    stored = {int(s) for s in run.checkpoints()["step"]}
+    points = sorted(p for p in t.points if p >= at.step)
+    P, B = int(t.x_train.shape[0]), t.batch_size
+    model, opt, objective = t.model, t.optimizer, t.objective
+    model.train()
+
+    def checkpoint() -> None:
+        if at.step not in stored:
+            run.append_checkpoint(model.state_dict(), step=at.step, epoch=at.step / t.batches_per_epoch,
+                                  samples_seen=at.samples_seen, metrics=measure_point(t))
+        if at.step < t.total_steps:
+            _save_resume(t, run, at, order)
+
+    bar = tqdm(total=t.total_steps, initial=at.step, desc=run.run_id, unit="step", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    try:
+        if points and points[0] == at.step:
+            checkpoint()
+            points.pop(0)
+        while at.step < t.total_steps:
+            if B >= P:  # full batch: the order of the samples cannot matter
+                xb, yb = t.x_train, t.y_train
+                at.pos = P
+            else:
+                if at.perm is None:
+                    at.perm, at.pos = torch.randperm(P, generator=order).to(t.device), 0
+                idx = at.perm[at.pos:at.pos + B]
+                xb, yb = t.x_train[idx], t.y_train[idx]
+                at.pos += B
+            if at.pos >= P:
+                at.perm, at.pos = None, 0
+            opt.zero_grad(set_to_none=True)
+            objective.loss(model(xb), yb).backward()
+            opt.step()
+            at.step += 1
+            at.samples_seen += int(xb.shape[0])
+            bar.update(1)
+            if points and points[0] == at.step:
+                checkpoint()
+                points.pop(0)
+    finally:
+        bar.close()
+
+
+def _execute(t: Training, run: Run, progress: bool) -> Run:
+    try:
+        _loop(t, run, progress)
+    except BaseException:
+        run.set_status("failed")
+        raise
+    run.set_status("complete")
+    return run
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> Run:
+    """Train a new run of ``config`` into ``config.store`` and return it.
+
+    The run id is deterministic (:meth:`TrainConfig.run_id`); an existing run
+    of the same config is an error pointing at :func:`resume`.
+    """
+    t = prepare(config)
+    run_id = config.run_id()
+    path = Path(config.store) / run_id
+    if (path / INDEX).exists():
+        raise StoreError(f"{path}: this run already exists (status {Run(path).status}); "
+                         f"continue it with `normdyn train --resume {path}`")
+    run = Run.create(config.store, run_id, config=asdict(config), model_spec=t.model_spec,
+                     dataset=t.dataset_spec, P=config.P, seed=config.seed)
+    return _execute(t, run, progress)
+
+
+def resume(run_dir: str | Path, *, device: str | None = None, data_root: str | None = None,
+           progress: bool = True) -> Run:
+    """Continue the run in ``run_dir`` from its last resume point (a complete run is returned as is).
+
+    On CPU the final weights equal those of an uninterrupted run, bit for bit.
+    ``device`` and ``data_root`` override the stored ones (they do not change
+    what is computed).
+    """
+    run = Run(run_dir)
+    if run.status == "complete":
+        return run
+    values: dict[str, Any] = dict(run.config)
+    values["store"] = str(run.path.parent)
+    if device is not None:
+        values["device"] = device
+    if data_root is not None:
+        values["data_root"] = data_root
+    config = TrainConfig.from_mapping(values, source=f"{run.index} (config attribute)")
+    t = prepare(config, model_spec=run.model_spec)
+    run.set_status("running")
+    return _execute(t, run, progress)
+
+
+def train_or_resume(config: TrainConfig, *, progress: bool = True) -> tuple[Run, str]:
+    """Idempotent: (run, action) where action is ``skipped`` (complete), ``resumed`` or ``trained``."""
+    path = Path(config.store) / config.run_id()
+    if (path / INDEX).exists():
+        run = Run(path)
+        if run.status == "complete":
+            return run, "skipped"
+        return resume(path, device=config.device, data_root=config.data_root, progress=progress), "resumed"
+    return train(config, progress=progress), "trained"
