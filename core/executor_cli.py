@@ -28,7 +28,7 @@ def _collect(executor: str, jobs: int, given: dict[str, Any]) -> dict[str, Any]:
     dask_given = {k: v for k, v in given.items() if v is not None}
     if executor == "local" and dask_given:
         flags = ", ".join(f"--{k}" for k in dask_given)
-        raise click.UsageError(f"{flags} need --executor dask")
+        raise click.UsageError(f"{flags}: only with --executor dask")
     if executor == "dask":
         dask_options(jobs, dask_given)
     opts.update(dask_given)
