@@ -48,8 +48,8 @@ def _fit_law1(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray, win
 def choose_window(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray, *, method: str = "paper",
                   step: float = 0.1, min_width: float = 0.5, agree_tol: float = 0.02) -> WindowChoice:
     """The widest window of lambda/lambda* < 1 whose per-P slopes agree best (module docstring)."""
-    log10_x = _collapse_x(log10_grid, mean_error)
-    lowest = max(float(np.min(row)) for row in log10_x)  # every P must have points there
+    log10_x, log10_y = plugins.get("fitters", "law1").collapse(log10_grid, mean_error, P)
+    lowest = float(np.max(np.min(np.where(np.isfinite(log10_y), log10_x, np.inf), axis=1)))  # every P has points there
     k_lo = math.ceil(lowest / step - 1e-9)
     k_hi = -1
     width_steps = math.ceil(min_width / step - 1e-9)
@@ -72,17 +72,6 @@ def choose_window(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray,
     acceptable = [s for s in scored if s[0] <= best + agree_tol]
     score, _, b, a = max(acceptable, key=lambda s: (round(s[1], 9), -s[0], s[2]))
     return WindowChoice((10.0 ** a, 10.0 ** b), score, tried)
-
-
-def _collapse_x(log10_grid: np.ndarray, mean_error: np.ndarray) -> list[np.ndarray]:
-    """Per P, the finite log10(lambda/lambda_opt) of its mean curve (normalised by its grid argmin)."""
-    rows = []
-    for row in np.asarray(mean_error):
-        finite = np.isfinite(row)
-        if not finite.any():
-            raise FitError("law 1: a mean curve is NaN everywhere on the grid")
-        rows.append(log10_grid[finite] - log10_grid[int(np.nanargmin(row))])
-    return rows
 
 
 def window_sensitivity(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray, window: tuple[float, float],

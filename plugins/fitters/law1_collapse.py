@@ -22,7 +22,7 @@ import numpy as np
 
 from normdyn.core.errors import FitError
 from normdyn.core.hookspecs import Register, hookimpl
-from normdyn.plugins.fitters.powerlaw import MIN_POINTS, PowerLaw
+from normdyn.plugins.fitters.powerlaw import MIN_POINTS, PowerLaw, ols_rows
 
 __all__ = ["Law1Collapse", "collapse_curves", "METHODS"]
 
@@ -34,17 +34,20 @@ def collapse_curves(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarra
     """log10(lambda/lambda_opt) and log10(eps/eps_opt) per P (rows), normalised by each row's grid minimum."""
     mean_error = np.asarray(mean_error, dtype=np.float64)
     log10_grid = np.asarray(log10_grid, dtype=np.float64)
-    log10_x = np.empty_like(mean_error)
-    log10_y = np.empty_like(mean_error)
-    for i, row in enumerate(mean_error):
-        if not np.any(np.isfinite(row)):
-            raise FitError(f"law 1: the mean test error of P={int(P[i])} is NaN everywhere on the grid")
-        if np.nanmin(row) <= 0:
-            raise FitError(f"law 1: the mean test error of P={int(P[i])} reaches {np.nanmin(row):g}; "
-                           "a log-log collapse needs errors > 0")
-        j = int(np.nanargmin(row))
-        log10_x[i] = log10_grid - log10_grid[j]
-        log10_y[i] = np.log10(row) - np.log10(row[j])
+    finite = np.isfinite(mean_error)
+    empty = np.flatnonzero(~finite.any(axis=1))
+    if empty.size:
+        raise FitError(f"law 1: the mean test error of P={int(P[empty[0]])} is NaN everywhere on the grid")
+    lowest = np.where(finite, mean_error, np.inf)
+    j = np.argmin(lowest, axis=1)  # first minimum, as np.nanargmin
+    eps_opt = lowest[np.arange(len(j)), j]
+    zero = np.flatnonzero(eps_opt <= 0)
+    if zero.size:
+        raise FitError(f"law 1: the mean test error of P={int(P[zero[0]])} reaches {eps_opt[zero[0]]:g}; "
+                       "a log-log collapse needs errors > 0")
+    log10_x = log10_grid[None, :] - log10_grid[j][:, None]
+    with np.errstate(invalid="ignore"):
+        log10_y = np.log10(mean_error) - np.log10(eps_opt)[:, None]
     return log10_x, log10_y
 
 
@@ -56,9 +59,11 @@ class Law1Collapse:
     pooled: ``gamma1_pooled_``, ``gamma1_pooled_err_``, ``k1_pooled_``;
     the collapse itself: ``log10_x_``, ``log10_y_`` (rows per P, full grid)
     and ``in_window_`` (boolean mask of the fitted points).
+    ``Law1Collapse.collapse`` is :func:`collapse_curves` (no fit, no window).
     """
 
     name = "law1"
+    collapse = staticmethod(collapse_curves)
 
     def __init__(self, window: tuple[float, float], method: str = "paper"):
         self.window = window
@@ -85,11 +90,8 @@ class Law1Collapse:
             if n < MIN_POINTS:
                 raise FitError(f"law 1: the window [{lo:g}, {hi:g}] of lambda/lambda* holds {n} grid point(s) "
                                f"for P={int(p)}, need at least {MIN_POINTS}; widen --window or use a finer --grid")
-        fits = [PowerLaw(what=f"law 1, P={int(p)}").fit_log10(x[m], y[m])
-                for p, x, y, m in zip(P, self.log10_x_, self.log10_y_, self.in_window_)]
-        self.gamma1_P_ = np.array([f.gamma_ for f in fits])
-        self.gamma1_err_P_ = np.array([f.gamma_err_ for f in fits])
-        self.k1_P_ = np.array([f.k_ for f in fits])
+        slope, intercept, slope_err, _ = ols_rows(self.log10_x_, self.log10_y_, self.in_window_)
+        self.gamma1_P_, self.gamma1_err_P_, self.k1_P_ = -slope, slope_err, 10.0 ** intercept
         pooled = PowerLaw(what="law 1, pooled").fit_log10(self.log10_x_[self.in_window_], self.log10_y_[self.in_window_])
         self.gamma1_pooled_, self.gamma1_pooled_err_, self.k1_pooled_ = pooled.gamma_, pooled.gamma_err_, pooled.k_
         if self.method == "paper":

@@ -24,22 +24,34 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from normdyn.core.errors import FitError
 from normdyn.core.hookspecs import Register, hookimpl
 
-__all__ = ["PowerLaw", "MIN_POINTS", "ols_line"]
+__all__ = ["PowerLaw", "MIN_POINTS", "ols_line", "ols_rows"]
 
 MIN_POINTS = 3  # an OLS slope with a standard error needs n - 2 >= 1 degrees of freedom
 
 
+def ols_rows(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One OLS line y = a x + b per row, over the points where ``mask`` is true (at least 3 per row).
+
+    Returns arrays (a, b, se(a), se(b)), residual variance SSR/(n-2). Vectorised
+    over rows because law 1 fits one line per P in every bootstrap replicate.
+    """
+    w = mask.astype(np.float64)
+    x, y = np.where(mask, x, 0.0), np.where(mask, y, 0.0)
+    n = w.sum(axis=1)
+    xm, ym = (w * x).sum(axis=1) / n, (w * y).sum(axis=1) / n
+    dx = w * (x - xm[:, None])
+    sxx = (dx * dx).sum(axis=1)
+    slope = (dx * (y - ym[:, None])).sum(axis=1) / sxx
+    intercept = ym - slope * xm
+    resid = w * (y - slope[:, None] * x - intercept[:, None])
+    s2 = (resid * resid).sum(axis=1) / (n - 2)
+    return slope, intercept, np.sqrt(s2 / sxx), np.sqrt(s2 * (1.0 / n + xm * xm / sxx))
+
+
 def ols_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
     """OLS line y = a x + b: (a, b, se(a), se(b)) with residual variance SSR/(n-2); needs n >= 3."""
-    n = x.size
-    xm, ym = x.mean(), y.mean()
-    dx = x - xm
-    sxx = float(dx @ dx)
-    slope = float(dx @ (y - ym)) / sxx
-    intercept = float(ym - slope * xm)
-    resid = y - (slope * x + intercept)
-    s2 = float(resid @ resid) / (n - 2)
-    return slope, intercept, float(np.sqrt(s2 / sxx)), float(np.sqrt(s2 * (1.0 / n + xm * xm / sxx)))
+    rows = ols_rows(x[None, :], y[None, :], np.ones((1, x.size), dtype=bool))
+    return tuple(float(r[0]) for r in rows)  # type: ignore[return-value]
 
 
 class PowerLaw:
@@ -47,7 +59,7 @@ class PowerLaw:
 
     Fitted attributes: ``gamma_``, ``gamma_err_`` (standard error),
     ``log10_k_``, ``log10_k_err_``, ``k_``, ``offset_`` (0 without offset),
-    ``offset_err_``, ``n_`` (points used), ``residual_std_`` (of log10 y).
+    ``offset_err_``, ``n_`` (points used).
     """
 
     name = "power_law"
@@ -87,7 +99,6 @@ class PowerLaw:
             self._fit_offset(lx, ly)
         self.k_ = float(10.0 ** self.log10_k_)
         self.n_ = int(lx.size)
-        self.residual_std_ = float(np.std(ly - self.predict_log10(lx), ddof=2 + int(self.offset)))
         return self
 
     def _fit_offset(self, lx: np.ndarray, ly: np.ndarray) -> None:
