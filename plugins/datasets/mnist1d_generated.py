@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from mnist1d.data import get_dataset_args, make_dataset
-
 from normdyn.core.atomic import replacing
 from normdyn.core.contracts import DatasetTensors
 from normdyn.core.errors import DataError
@@ -26,6 +24,8 @@ _PARAMS = {"num_samples": 5000, "train_split": 0.8, "data_seed": 42}
 
 
 def _generate(num_samples: int, train_split: float, data_seed: int) -> dict[str, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset  # imports matplotlib: seconds, so only when needed
+
     args = get_dataset_args()
     args.num_samples, args.train_split, args.seed = num_samples, train_split, data_seed
     # make_dataset reseeds the global python and numpy RNGs; give them back untouched

@@ -8,7 +8,9 @@ parsed by torchvision (IDX files); the CIFAR python batches are checked
 against torchvision's md5 list and read with an arrays-only unpickler (never
 plain ``pickle.load``). Normalisation is the reference's: MNIST
 (x - 0.5) / 0.5; CIFAR per channel with mean (0.4914, 0.4822, 0.4465) and
-std (0.2023, 0.1994, 0.2010). Everything is returned as float32 tensors.
+std (0.2023, 0.1994, 0.2010). Everything is returned as float32 tensors. torchvision is imported only when
+a dataset is loaded (it takes seconds to import, and every CLI call loads
+the plugins).
 """
 from __future__ import annotations
 
@@ -17,8 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
-from torchvision.datasets import utils as tv_utils
 
 from normdyn.core.contracts import DatasetTensors
 from normdyn.core.errors import DataError
@@ -49,6 +49,8 @@ class MNIST:
         """All of MNIST as tensors ([N, 1, 28, 28] float32, labels int64)."""
         _no_params(self.name, params)
         base = _root(self.name, root)
+        import torchvision
+
         try:
             train = torchvision.datasets.MNIST(str(base), train=True, download=download)
             test = torchvision.datasets.MNIST(str(base), train=False, download=download)
@@ -59,7 +61,7 @@ class MNIST:
                 f"put them there or pass --download to fetch them ({exc})"
             ) from None
 
-        def images(ds: torchvision.datasets.MNIST) -> torch.Tensor:
+        def images(ds: Any) -> torch.Tensor:
             return ((ds.data.to(torch.float32) / 255.0 - 0.5) / 0.5).unsqueeze(1).contiguous()
 
         return DatasetTensors(images(train), train.targets.to(torch.int64), images(test), test.targets.to(torch.int64),
@@ -69,13 +71,15 @@ class MNIST:
 class CIFAR:
     """Datasets ``cifar10`` / ``cifar100``: 50000 train / 10000 test 32x32 RGB images."""
 
-    def __init__(self, name: str, tv_class: type, num_classes: int, label_key: str):
+    def __init__(self, name: str, tv_class: str, num_classes: int, label_key: str):
         self.name = name
-        self.tv_class = tv_class
+        self.tv_class_name = tv_class
         self.num_classes = num_classes
         self.label_key = label_key
 
     def _files(self, base: Path, files: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision.datasets import utils as tv_utils
+
         xs, ys = [], []
         for fname, md5 in files:
             path = base / fname
@@ -102,16 +106,19 @@ class CIFAR:
         """All of the dataset as tensors ([N, 3, 32, 32] float32, labels int64)."""
         _no_params(self.name, params)
         top = _root(self.name, root)
-        base = top / self.tv_class.base_folder
+        import torchvision
+
+        tv_class = getattr(torchvision.datasets, self.tv_class_name)
+        base = top / tv_class.base_folder
         if download:
-            self.tv_class(str(top), train=True, download=True)
-        names = [f for f, _ in self.tv_class.train_list + self.tv_class.test_list]
+            tv_class(str(top), train=True, download=True)
+        names = [f for f, _ in tv_class.train_list + tv_class.test_list]
         missing = [f for f in names if not (base / f).is_file()]
         if missing:
             raise DataError(f"dataset {self.name!r} not found: expected {', '.join(missing)} in {base}; put the "
                             f"python-version batches there or pass --download to fetch them")
-        x_train, y_train = self._files(base, self.tv_class.train_list)
-        x_test, y_test = self._files(base, self.tv_class.test_list)
+        x_train, y_train = self._files(base, tv_class.train_list)
+        x_test, y_test = self._files(base, tv_class.test_list)
         return DatasetTensors(x_train, y_train, x_test, y_test, num_classes=self.num_classes,
                               input_shape=(3, 32, 32), spec={"name": self.name})
 
@@ -119,5 +126,5 @@ class CIFAR:
 @hookimpl
 def register_datasets(register: Any) -> None:
     register(MNIST())
-    register(CIFAR("cifar10", torchvision.datasets.CIFAR10, 10, "labels"))
-    register(CIFAR("cifar100", torchvision.datasets.CIFAR100, 100, "fine_labels"))
+    register(CIFAR("cifar10", "CIFAR10", 10, "labels"))
+    register(CIFAR("cifar100", "CIFAR100", 100, "fine_labels"))
