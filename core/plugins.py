@@ -48,7 +48,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normdyn.plugins.fitters.per_p_laws",
     "normdyn.plugins.fitters.combined",
     # report sections
+    "normdyn.plugins.reports.fit_tables",
+    "normdyn.plugins.reports.fit_figures",
+    "normdyn.plugins.reports.run_figures",
     # commands
+    "normdyn.analyzers.report_commands",
     "normdyn.trainer.commands",
     "normdyn.analyzers.fit_commands",
 )

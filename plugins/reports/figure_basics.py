@@ -1,0 +1,31 @@
+"""What every built-in report figure shares: a pyplot-free figure and the seed band.
+
+Not a plugin itself (it registers nothing); the section modules import it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["new_axes", "seed_band"]
+
+
+def new_axes(ncols: int = 1, width: float = 5.2, height: float = 3.8) -> tuple[Any, Any]:
+    """A fresh figure with ``ncols`` axes side by side (no pyplot: nothing global to close)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    return fig, fig.subplots(1, ncols)
+
+
+def seed_band(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over the seed ``rows`` (NaN-aware; NaN where no seed has a value)."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, np.shape(rows)[-1])
+    finite = np.isfinite(rows)
+    count = finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, rows, 0.0).sum(axis=0) / count
+    lo = np.where(count > 0, np.min(np.where(finite, rows, np.inf), axis=0), np.nan)
+    hi = np.where(count > 0, np.max(np.where(finite, rows, -np.inf), axis=0), np.nan)
+    return mean, lo, hi
