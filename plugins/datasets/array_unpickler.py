@@ -21,6 +21,7 @@ _ALLOWED = {
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 carry raw bytes as latin-1 text
 }
 
 
