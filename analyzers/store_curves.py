@@ -39,12 +39,16 @@ def _group_key(config: Mapping[str, Any]) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in GROUP_EXCLUDED_KEYS}, sort_keys=True)
 
 
+def _plain(value: Any) -> str:
+    """A config value as one types it after --where KEY= (strings unquoted)."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def _matches(config: Mapping[str, Any], where: Mapping[str, str]) -> bool:
     for key, wanted in where.items():
         if key not in config:
             return False
-        value = config[key]
-        if wanted not in (json.dumps(value), str(value)):
+        if wanted not in (_plain(config[key]), str(config[key])):
             return False
     return True
 
@@ -99,7 +103,7 @@ def store_curves(store: str | os.PathLike[str], measure: str,
     if len(groups) > 1:
         keys = sorted({k for g in groups for k in g.config})
         differ = [k for k in keys if len({json.dumps(g.config.get(k), sort_keys=True) for g in groups}) > 1]
-        example = ", ".join(f"{k}={json.dumps(groups[0].config.get(k))}" for k in differ)
+        example = ", ".join(f"{k}={_plain(groups[0].config.get(k))}" for k in differ)
         raise FitError(f"{store}: {len(groups)} experiments (configs differ in {', '.join(differ)}); "
                        f"select one with --where KEY=VALUE, e.g. {example}")
     return groups[0], notes

@@ -228,3 +228,12 @@ def test_single_P_and_empty_selection_are_errors() -> None:
         fit_curves(many, options=FitOptions(window=WINDOW, law1_min_P=10000))
     with pytest.raises(FitError, match=r"unknown method 'median'; use one of paper, pooled"):
         fit_curves(many, options=FitOptions(window=WINDOW, method="median"))
+
+
+def test_law2_offset_recovers_a_shifted_power_law() -> None:
+    P = np.array([100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0])
+    lambda_star = 0.3 * P ** 0.9 + 5.0
+    law2 = plugins.get("fitters", "law2")(offset=True).fit(P, np.log10(lambda_star))
+    assert (law2.gamma2_, law2.k2_, law2.offset_) == pytest.approx((0.9, 0.3, 5.0), rel=1e-6)
+    plain = plugins.get("fitters", "law2")().fit(P, np.log10(lambda_star))
+    assert plain.gamma2_ < 0.9  # the offset flattens a plain log-log fit
