@@ -88,7 +88,7 @@ def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate() -> None
     widths: dict[str, list[float]] = {k: [] for k in truth}
     draws = 20
     for i in range(draws):
-        curves = synth_curves(rng, n_seeds=10)  # with ~5 seeds percentile intervals are too narrow (docs)
+        curves = synth_curves(rng, n_seeds=10)  # with ~5 seeds the percentile intervals run narrow (docs/fitting.md)
         res = fit_curves(curves, grid=fine_grid(curves), options=FitOptions(window=WINDOW), bootstrap=100,
                          bootstrap_seed=i)
         j = res.to_json()
