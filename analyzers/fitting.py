@@ -21,6 +21,7 @@ from normdyn.analyzers.bootstrap import bootstrap_exponents
 from normdyn.analyzers.law_fits import FitOptions, LawFits, fit_laws, law_P_mask
 from normdyn.analyzers.store_curves import store_curves
 from normdyn.analyzers.windows import choose_window, window_sensitivity
+from normdyn.core import plugins
 from normdyn.core.errors import FitError
 from normdyn.core.table import format_table
 
@@ -128,18 +129,21 @@ class FitResult:
         """The readable summary ``normdyn fit`` prints."""
         j = self.to_json()
 
+        def g(value: float | None, spec: str = ".4g") -> str:
+            return "-" if value is None else format(value, spec)
+
         def pm(value: float | None, err: float | None) -> str:
-            return "-" if value is None else f"{value:.4g} +- {err:.2g}" if err is not None else f"{value:.4g}"
+            return f"{g(value)} +- {g(err, '.2g')}"
 
         how = "automatic" if self.window_auto else "given"
         lines = [
-            f"law 1   gamma1     = {pm(j['gamma1'], j['gamma1_err'])}   k1 = {j['k1']:.4g}   "
+            f"law 1   gamma1     = {pm(j['gamma1'], j['gamma1_err'])}   k1 = {g(j['k1'])}   "
             f"({j['method']}; window {j['window'][0]:.4g}..{j['window'][1]:.4g} of lambda/lambda*, {how}; "
             f"P >= {j['law1_min_P']})",
-            f"law 2   gamma2     = {pm(j['gamma2'], j['gamma2_err'])}   k2 = {j['k2']:.4g}   "
+            f"law 2   gamma2     = {pm(j['gamma2'], j['gamma2_err'])}   k2 = {g(j['k2'])}   "
             f"(lambda* from {j['lambda_star_source']}; P >= {j['law2_min_P']})",
             f"direct  gamma_meas = {pm(j['gamma_meas'], j['gamma_meas_err'])}",
-            f"product gamma_pred = {pm(j['gamma_pred'], j['sigma'])}   z = {j['z']:.3g}",
+            f"product gamma_pred = {pm(j['gamma_pred'], j['sigma'])}   z = {g(j['z'], '.3g')}",
         ]
         if self.ci is not None:
             ci = self.ci
@@ -161,6 +165,9 @@ def _cell(value: float | None) -> float:
 
 
 def _resolve_window(mean: MeanCurves, options: FitOptions) -> tuple[tuple[float, float], bool]:
+    methods = getattr(plugins.get("fitters", "law1"), "methods", (options.method,))
+    if options.method not in methods:  # checked here, or the window search would hide it behind "no window"
+        raise FitError(f"law 1: unknown method {options.method!r}; use one of {', '.join(methods)}")
     if options.window is not None:
         return (float(options.window[0]), float(options.window[1])), False
     m1 = law_P_mask(mean.P, options.law1_min_P, "--law1-min-P")

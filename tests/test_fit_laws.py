@@ -226,8 +226,9 @@ def test_single_P_and_empty_selection_are_errors() -> None:
     many = synth_curves(np.random.default_rng(4), n_seeds=2)
     with pytest.raises(FitError, match=r"^--law1-min-P 10000 leaves no training-set size \(largest P is 6400\)$"):
         fit_curves(many, options=FitOptions(window=WINDOW, law1_min_P=10000))
-    with pytest.raises(FitError, match=r"unknown method 'median'; use one of paper, pooled"):
-        fit_curves(many, options=FitOptions(window=WINDOW, method="median"))
+    for window in (WINDOW, None):  # the automatic window search must not hide the bad method
+        with pytest.raises(FitError, match=r"^law 1: unknown method 'median'; use one of paper, pooled$"):
+            fit_curves(many, options=FitOptions(window=window, method="median"))
 
 
 def test_law2_offset_recovers_a_shifted_power_law() -> None:

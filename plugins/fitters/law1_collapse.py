@@ -63,6 +63,7 @@ class Law1Collapse:
     """
 
     name = "law1"
+    methods = METHODS
     collapse = staticmethod(collapse_curves)
 
     def __init__(self, window: tuple[float, float], method: str = "paper"):
