@@ -1,0 +1,294 @@
+"""Running complexity measures over the stored checkpoints of runs, incrementally.
+
+One task is one run (so no two workers ever write one ``run.h5``). Inside a
+run, checkpoints are visited in order and every requested measure is
+computed on each: a checkpoint is read once, measures share intermediate
+results through the view's cache, and each measure's ``state`` carries warm
+starts from one checkpoint to the next.
+
+A row of measure M is skipped when its stored record has the same checkpoint
+sha256, M's version and M's params, and no error; ``force`` recomputes.
+A failure (unreadable checkpoint, tensors that do not match the spec,
+non-finite weights, a measure raising) stores NaN and the error message in
+that row and the batch goes on.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from normdyn.core import plugins
+from normdyn.core.errors import ConfigError, NormdynError
+from normdyn.core.executor import map_tasks
+from normdyn.core.store import MeasureRecord, Run, scan_runs
+from normdyn.core.view import CheckpointView, RunContext
+
+__all__ = ["DEFAULT_MEASURES", "RunTask", "RunOutcome", "AnalyzeSummary", "analyze_run", "analyze_store",
+           "select_runs", "resolve_measures"]
+
+#: What ``normdyn analyze`` computes without ``--measure`` (the paper's complexity measure).
+DEFAULT_MEASURES = ("spectral_complexity",)
+_FLUSH_SECONDS = 60.0  # write partial results of long runs this often, so an interruption loses little
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One run to analyse (picklable: sent to worker processes)."""
+
+    run_path: str
+    measures: tuple[str, ...]
+    force: bool = False
+    device: str = "cpu"
+    data_root: str | None = None
+    progress: bool = False
+
+
+@dataclass
+class RunOutcome:
+    """Counts of (checkpoint, measure) pairs, and what failed (message per item)."""
+
+    run_path: str
+    computed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AnalyzeSummary:
+    """The result of :func:`analyze_store`: totals and one outcome per run."""
+
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    run_errors: list[str] = field(default_factory=list)
+
+    @property
+    def computed(self) -> int:
+        return sum(o.computed for o in self.outcomes)
+
+    @property
+    def skipped(self) -> int:
+        return sum(o.skipped for o in self.outcomes)
+
+    @property
+    def failed(self) -> int:
+        return sum(o.failed for o in self.outcomes) + len(self.run_errors)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def line(self) -> str:
+        """The one-line summary the CLI prints."""
+        return (f"{len(self.outcomes)} run(s): {self.computed} computed, {self.skipped} skipped, "
+                f"{self.failed} failed")
+
+
+def resolve_measures(names: Sequence[str] | None) -> list[Any]:
+    """The Measure objects called ``names`` (default :data:`DEFAULT_MEASURES`).
+
+    An unknown name raises UnknownNameError listing the available measures.
+    """
+    reg = plugins.registry("measures")
+    chosen = list(dict.fromkeys(names or DEFAULT_MEASURES))
+    return [reg.get(n) for n in chosen]
+
+
+class _Records:
+    """The stored records of one measure in one run, updated row by row."""
+
+    def __init__(self, run: Run, measure: Any, owner: str, n: int, sha: list[str]):
+        self.measure = measure
+        self.owner = owner
+        self.n = n
+        self.sha = sha
+        self.params = _json_params(measure.params)
+        names = [m for m in run.measures() if m == measure.name or m.startswith(measure.name + ".")]
+        self.records: dict[str, MeasureRecord] = {}
+        for name in names:
+            rec = run.read_measure(name)
+            if rec is not None:
+                self.records[name] = _fit(rec, n)
+        self.dirty: set[str] = set()
+
+    def done(self, row: int) -> bool:
+        """True when every record of this measure holds a valid value for ``row``."""
+        if not self.records:
+            return False
+        for rec in self.records.values():
+            if (rec.version != str(self.measure.version) or rec.params != self.params
+                    or rec.sha256[row] != self.sha[row] or row in rec.errors):
+                return False
+        return True
+
+    def _record(self, name: str) -> MeasureRecord:
+        rec = self.records.get(name)
+        if rec is None or rec.version != str(self.measure.version) or rec.params != self.params:
+            # a new version or new params make every older value stale: start the record afresh
+            rec = MeasureRecord.empty(self.n, plugin=self.owner, version=str(self.measure.version),
+                                      params=self.params)
+            self.records[name] = rec
+        self.dirty.add(name)
+        return rec
+
+    def store(self, row: int, value: float | dict[str, float]) -> None:
+        """Store a computed value (or dict of values) for ``row``."""
+        items = {self.measure.name: value} if not isinstance(value, dict) else {
+            f"{self.measure.name}.{k}": v for k, v in value.items()}
+        for name in list(self.records):
+            if name not in items:  # a key not returned this time (or a failure record): no value, no error
+                items[name] = math.nan
+        for name, v in items.items():
+            rec = self._record(name)
+            rec.values[row] = float(v)
+            rec.sha256[row] = self.sha[row]
+            rec.errors.pop(row, None)
+
+    def fail(self, row: int, message: str) -> None:
+        """Record NaN and ``message`` for ``row`` in every record of the measure."""
+        for name in list(self.records) or [self.measure.name]:
+            rec = self._record(name)
+            rec.values[row] = math.nan
+            rec.sha256[row] = self.sha[row]
+            rec.errors[row] = message
+
+    def flush(self, run: Run) -> None:
+        """Write the changed records (resized to the run's current length)."""
+        n = len(run)
+        for name in sorted(self.dirty):
+            run.write_measure(name, _fit(self.records[name], n))
+        self.dirty.clear()
+
+
+def _json_params(params: Any) -> dict[str, Any]:
+    # round-trip through JSON so tuples compare equal to the lists read back from run.h5
+    return json.loads(json.dumps(dict(params), sort_keys=True))
+
+
+def _fit(rec: MeasureRecord, n: int) -> MeasureRecord:
+    """``rec`` with exactly ``n`` rows (new checkpoints appended meanwhile get NaN)."""
+    m = len(rec.values)
+    if m == n:
+        return rec
+    values = np.full(n, np.nan)
+    values[:min(m, n)] = rec.values[:n]
+    sha = (list(rec.sha256) + [""] * n)[:n]
+    return MeasureRecord(values, rec.plugin, rec.version, rec.params, sha,
+                         {k: v for k, v in rec.errors.items() if k < n})
+
+
+def _nonfinite_message(view: CheckpointView, measure: str) -> str:
+    bad = view.nonfinite_tensors()
+    if bad:
+        return f"{view.label}: tensor(s) {', '.join(bad[:5])} hold NaN or inf values; the checkpoint is unusable"
+    return f"{measure} returned a non-finite value"
+
+
+def analyze_run(task: RunTask) -> RunOutcome:
+    """Compute the measures of ``task`` on every checkpoint of its run; store them in run.h5.
+
+    Top-level and picklable, to run in executor workers.
+    """
+    run = Run(task.run_path)
+    outcome = RunOutcome(run_path=task.run_path)
+    reg = plugins.registry("measures")
+    measures = [reg.get(n) for n in task.measures]
+    table = run.checkpoints()
+    sha = [str(s) for s in table["sha256"]]
+    n = len(sha)
+    records = [_Records(run, m, reg.owners[m.name], n, sha) for m in measures]
+    states: dict[str, dict[str, Any]] = {m.name: {} for m in measures}
+    context = RunContext.for_run(run, device=task.device, data_root=task.data_root)
+    last_flush = time.monotonic()
+    rows = tqdm(range(n), desc=run.path.name, unit="ckpt", disable=not task.progress, leave=False)
+    try:
+        for row in rows:
+            todo = [r for r in records if task.force or not r.done(row)]
+            outcome.skipped += len(records) - len(todo)
+            if not todo:
+                continue
+            step = int(table["step"][row])
+            try:
+                view = CheckpointView.open(run.path / str(table["file"][row]), context)
+            except NormdynError as exc:
+                for r in todo:
+                    r.fail(row, str(exc))
+                    outcome.failures.append(f"{run.path.name} step {step} {r.measure.name}: {exc}")
+                outcome.failed += len(todo)
+                continue
+            for r in todo:
+                try:
+                    value = r.measure.compute(view, states[r.measure.name])
+                    values = value.values() if isinstance(value, dict) else [value]
+                    if not all(math.isfinite(float(v)) for v in values):
+                        raise NormdynError(_nonfinite_message(view, r.measure.name))
+                except Exception as exc:  # any measure failure is recorded per row; the batch goes on
+                    message = str(exc) if isinstance(exc, NormdynError) else f"{type(exc).__name__}: {exc}"
+                    r.fail(row, message)
+                    outcome.failed += 1
+                    outcome.failures.append(f"{run.path.name} step {step} {r.measure.name}: {message}")
+                    continue
+                r.store(row, value)
+                outcome.computed += 1
+            if time.monotonic() - last_flush > _FLUSH_SECONDS:
+                for r in records:
+                    r.flush(run)
+                last_flush = time.monotonic()
+    finally:
+        for r in records:
+            r.flush(run)
+    outcome.warnings.extend(context.warnings)
+    return outcome
+
+
+def select_runs(stores: Iterable[str | Path], pattern: str | None = None) -> tuple[list[Run], list[str]]:
+    """The runs of ``stores`` whose id matches the glob ``pattern``, and errors for unreadable ones."""
+    runs: list[Run] = []
+    errors: list[str] = []
+    for store in stores:
+        found, bad = scan_runs(store)
+        runs += [r for r in found if pattern is None or fnmatch.fnmatch(r.path.name, pattern)]
+        errors += [str(e) for e in bad]
+    return runs, errors
+
+
+def analyze_store(stores: Iterable[str | Path] | str | Path, measures: Sequence[str] | None = None, *,
+                  runs: str | None = None, force: bool = False, device: str = "cpu",
+                  data_root: str | None = None, executor: str = "local", jobs: int = 1,
+                  progress: bool = False, **executor_options: Any) -> AnalyzeSummary:
+    """Analyse every matching run of ``stores``; return the counts and per-item failures.
+
+    ``measures`` are registered measure names (default :data:`DEFAULT_MEASURES`);
+    ``runs`` a glob on run ids. Runs are processed in parallel by
+    :func:`normdyn.core.executor.map_tasks` (one task per run).
+    """
+    if isinstance(stores, (str, Path)):
+        stores = [stores]
+    chosen = resolve_measures(measures)
+    selected, errors = select_runs(stores, runs)
+    summary = AnalyzeSummary(run_errors=errors)
+    if not selected:
+        if not errors:
+            raise ConfigError(f"no runs to analyse in {', '.join(str(s) for s in stores)}"
+                              + (f" matching {runs!r}" if runs else ""))
+        return summary
+    inner = progress and jobs <= 1
+    tasks = [RunTask(str(r.path), tuple(m.name for m in chosen), force, device, data_root, inner) for r in selected]
+    bar = tqdm(total=len(tasks), desc="analyze", unit="run", disable=not progress)
+    for task, result in map_tasks(analyze_run, tasks, executor=executor, jobs=jobs, **executor_options):
+        if isinstance(result, BaseException):
+            message = str(result) if isinstance(result, NormdynError) else f"{type(result).__name__}: {result}"
+            summary.run_errors.append(f"{Path(task.run_path).name}: {message}")
+        else:
+            summary.outcomes.append(result)
+        bar.update(1)
+    bar.close()
+    return summary
