@@ -42,6 +42,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normdyn.plugins.datasets.mnist1d_generated",
     # measures
     "normdyn.plugins.measures.perceptron",
+    "normdyn.plugins.measures.spectral",
+    "normdyn.plugins.measures.norms",
+    "normdyn.plugins.measures.path_norm",
+    "normdyn.plugins.measures.conv_operator",
+    "normdyn.plugins.measures.data_measures",
     # fitters
     "normdyn.plugins.fitters.powerlaw",
     "normdyn.plugins.fitters.law1_collapse",
@@ -55,6 +60,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normdyn.analyzers.report_commands",
     "normdyn.trainer.commands",
     "normdyn.analyzers.fit_commands",
+    "normdyn.analyzers.analyze_commands",
 )
 
 KINDS = ("measures", "fitters", "models", "datasets", "report_sections")
