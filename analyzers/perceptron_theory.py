@@ -42,10 +42,10 @@ from normdyn.core.errors import ConfigError
 
 __all__ = [
     "eps_from_overlap", "eps_hebb", "overlap_gibbs", "eps_gibbs", "eps_bayes", "max_stability", "eps_max_stability",
-    "FixedNormPoint", "fixed_norm_curve", "optimal_norm", "population_logistic_loss",
+    "FixedNormPoint", "fixed_norm_curve", "optimal_norm", "max_margin_direction",
 ]
 
-_T_MAX = 12.0  # the Gaussian weight beyond |t| = 12 is below 1e-32
+_T_MAX = 10.0  # the Gaussian weight beyond |t| = 10 is below 1e-22
 
 
 def _check_alpha(alpha: float) -> None:
@@ -98,7 +98,7 @@ def _ms_equations(kappa: float, R: float, alpha: float) -> tuple[float, float]:
 
     # g(t) switches over a width s around 0: integrate the pieces separately
     cuts = sorted({-_T_MAX, *(c for c in (-30 * s, 0.0) if -_T_MAX < c < kappa), kappa})
-    a_int = sum(integrate.quad(a_f, lo, hi, limit=200, epsabs=0, epsrel=1e-12)[0] for lo, hi in zip(cuts, cuts[1:]))
+    a_int = sum(integrate.quad(a_f, lo, hi, limit=200, epsabs=0, epsrel=1e-10)[0] for lo, hi in zip(cuts, cuts[1:]))
     # int_{-inf}^{kappa} (kappa - t) e^{-t^2/(2 s^2)} dt in closed form
     b_int = s * math.sqrt(2 * math.pi) * (kappa * special.ndtr(kappa / s) + s * math.exp(-kappa ** 2 / (2 * s * s)) / math.sqrt(2 * math.pi))
     return alpha * a_int - (1 - R * R), alpha * b_int - math.pi * R * s
@@ -122,10 +122,12 @@ def eps_max_stability(alpha: float) -> float:
 
 
 # ----------------------------------------------------------- fixed-norm curve
-def _t_grid(R: float) -> np.ndarray:
-    # g(t) switches over a width sqrt(1-R^2) around t = 0: resolve it
-    s = math.sqrt(max(1 - R * R, 1e-12))
-    h = min(0.01, s / 20)
+def _t_grid(alpha: float) -> np.ndarray:
+    # g(t) switches over a width sqrt(1-R^2) around t = 0; R stays below the
+    # Bayes-optimal overlap, so a grid fixed per alpha resolves every solution
+    # (and the residuals stay smooth in R, which the root finder needs)
+    s = math.sin(math.pi * eps_bayes(alpha))
+    h = min(0.01, s / 25)
     n = int(2 * _T_MAX / h) | 1
     return np.linspace(-_T_MAX, _T_MAX, n)
 
@@ -139,19 +141,27 @@ def _prox_logistic(t: np.ndarray, x: float, lam: float) -> np.ndarray:
     """
     lo = t.copy()
     hi = t + np.minimum(x, np.maximum(0.0, -t) + 1.0 + math.log1p(x) / lam)
-    for _ in range(64):  # bisection: h(D) is increasing, so the bracket halves reliably
-        mid = 0.5 * (lo + hi)
-        up = mid - t - x * special.expit(-lam * mid) > 0
-        hi = np.where(up, mid, hi)
-        lo = np.where(up, lo, mid)
-    return 0.5 * (lo + hi)
+    # h(D) = D - t - x sigma(-lam D) is concave for D > 0 and convex for D < 0: Newton
+    # started on the root's side of 0 with the right sign of h converges monotonically
+    d = np.where(t > -x / 2, np.maximum(t, 0.0), np.minimum(t + x, 0.0))
+    for _ in range(100):  # Newton inside the bracket, bisection should rounding push it out
+        sig = special.expit(-lam * d)
+        h = d - t - x * sig
+        if np.max(np.abs(h)) <= 1e-13 * (1.0 + np.max(np.abs(d))):
+            break
+        up = h > 0
+        hi = np.where(up, d, hi)
+        lo = np.where(up, lo, d)
+        newton = d - h / (1.0 + x * lam * sig * (1.0 - sig))
+        d = np.where((newton >= lo) & (newton <= hi), newton, 0.5 * (lo + hi))
+    return d
 
 
 def _fixed_norm_residuals(z: np.ndarray, lam: float, alpha: float) -> np.ndarray:
     log_x, u = z
     x, R = math.exp(log_x), math.tanh(u)
     s2 = 1 - R * R
-    t = _t_grid(R)
+    t = _t_grid(alpha)
     shift = _prox_logistic(t, x, lam) - t
     g = 2 * special.ndtr(R * t / math.sqrt(s2))
     dt_gauss = np.exp(-t * t / 2) / math.sqrt(2 * math.pi)
@@ -181,65 +191,66 @@ def fixed_norm_curve(lams: np.ndarray | list[float], alpha: float) -> list[Fixed
     if lams.ndim != 1 or len(lams) == 0 or np.any(lams <= 0) or np.any(np.diff(lams) <= 0):
         raise ConfigError("fixed_norm_curve: lams must be a non-empty increasing list of positive norms")
     R0 = math.sqrt(2 * alpha / (2 * alpha + math.pi))
-    z = np.array([math.log(2 * R0 * math.sqrt(math.pi / 2) / alpha), math.atanh(R0)])
+    point = FixedNormPoint(0.0, R0, float(eps_from_overlap(R0)), 2 * R0 * math.sqrt(math.pi / 2) / alpha)
     out = []
     for lam in lams:
-        sol = optimize.root(_fixed_norm_residuals, z, args=(float(lam), alpha), method="hybr", options={"xtol": 1e-11})
-        if not sol.success or np.max(np.abs(sol.fun)) > 1e-7:
-            raise ConfigError(f"fixed-norm equations did not converge at lambda={lam:g}, alpha={alpha:g}: {sol.message}")
-        z = sol.x
-        R = math.tanh(z[1])
-        out.append(FixedNormPoint(float(lam), R, float(eps_from_overlap(R)), math.exp(z[0])))
+        point = _solve_from(float(lam), point, alpha)
+        out.append(point)
     return out
 
 
-def optimal_norm(alpha: float, lams: np.ndarray | None = None) -> FixedNormPoint:
-    """The fixed-norm point of minimal error, lambda*(alpha) and eps*(alpha).
+def optimal_norm(alpha: float, curve: list[FixedNormPoint] | None = None) -> FixedNormPoint:
+    """The fixed-norm point of minimal error: lambda*(alpha) and eps*(alpha).
 
-    The curve is traced on ``lams`` (default: 60 log-spaced norms from
-    0.05 alpha to 50 alpha), then the minimum is refined with a bounded
-    scalar search in log lambda around the best grid point.
+    ``curve`` is a traced curve to start from (default: 60 log-spaced norms
+    from 0.05 alpha to 50 alpha); the minimum is refined by a bounded scalar
+    search in log lambda between the neighbours of the best point.
     """
-    grid = np.geomspace(0.05 * alpha, 50 * alpha, 60) if lams is None else np.asarray(lams, dtype=np.float64)
-    curve = fixed_norm_curve(grid, alpha)
+    if curve is None:
+        curve = fixed_norm_curve(np.geomspace(0.05 * alpha, 50 * alpha, 60), alpha)
     i = int(np.argmin([p.eps for p in curve]))
     if i in (0, len(curve) - 1):
         raise ConfigError(f"alpha={alpha:g}: the fixed-norm error has no interior minimum on lambda in "
-                          f"[{grid[0]:g}, {grid[-1]:g}]; widen the grid")
-    z_start = {"p": curve[i - 1]}
+                          f"[{curve[0].lam:g}, {curve[-1].lam:g}]; widen the range")
+    start = curve[i - 1]
 
-    def eps_at(log_lam: float) -> float:
-        p0 = z_start["p"]
-        z0 = np.array([math.log(p0.x), math.atanh(p0.R)])
-        sol = optimize.root(_fixed_norm_residuals, z0, args=(math.exp(log_lam), alpha), method="hybr",
-                            options={"xtol": 1e-11})
-        return float(eps_from_overlap(math.tanh(sol.x[1])))
+    def point(log_lam: float) -> FixedNormPoint:
+        return _solve_from(math.exp(log_lam), start, alpha)
 
-    res = optimize.minimize_scalar(eps_at, bounds=(math.log(grid[i - 1]), math.log(grid[i + 1])), method="bounded",
-                                   options={"xatol": 1e-4})
-    return fixed_norm_curve([math.exp(res.x)], alpha)[0] if False else _point_at(math.exp(res.x), curve[i - 1], alpha)
+    res = optimize.minimize_scalar(lambda z: point(z).eps, bounds=(math.log(curve[i - 1].lam), math.log(curve[i + 1].lam)),
+                                   method="bounded", options={"xatol": 1e-5})
+    return point(float(res.x))
 
 
-def _point_at(lam: float, start: FixedNormPoint, alpha: float) -> FixedNormPoint:
+def _solve_from(lam: float, start: FixedNormPoint, alpha: float) -> FixedNormPoint:
+    """Solve (A), (B) at ``lam`` from the neighbouring solution ``start``."""
     z0 = np.array([math.log(start.x), math.atanh(start.R)])
     sol = optimize.root(_fixed_norm_residuals, z0, args=(lam, alpha), method="hybr", options={"xtol": 1e-11})
-    if not sol.success:
+    if not sol.success or np.max(np.abs(sol.fun)) > 1e-7:
         raise ConfigError(f"fixed-norm equations did not converge at lambda={lam:g}, alpha={alpha:g}: {sol.message}")
     R = math.tanh(sol.x[1])
     return FixedNormPoint(lam, R, float(eps_from_overlap(R)), math.exp(sol.x[0]))
 
 
-def population_logistic_loss(lam: np.ndarray, R: np.ndarray, n_grid: int = 4001) -> np.ndarray:
-    """Population loss E log(1 + exp(-y w.x/sqrt N)) = int Dt 2 H(-R t/sqrt(1-R^2)) log(1 + e^{-lam t}).
+def max_margin_direction(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The max-margin (maximal-stability) direction of one training set, unit norm.
 
-    Exact for Gaussian inputs (the student field lam t and the teacher field
-    are jointly Gaussian with correlation R), and for Rademacher inputs as
-    N -> infinity. ``lam`` and ``R`` broadcast against each other.
+    Solves the quadratic programme min |w|^2 subject to y_mu w.x_mu >= 1
+    (SLSQP, started from the Hebb vector scaled to be feasible when it is);
+    ``y`` holds +-1. Raises ConfigError if the set is not linearly separable
+    or the solver fails.
     """
-    lam_b, R_b = np.broadcast_arrays(np.asarray(lam, dtype=np.float64), np.asarray(R, dtype=np.float64))
-    t = np.linspace(-_T_MAX, _T_MAX, n_grid)
-    s = np.sqrt(np.clip(1 - R_b ** 2, 1e-300, None))[..., None]
-    g = 2 * special.ndtr(R_b[..., None] * t / s)
-    dens = np.exp(-t * t / 2) / math.sqrt(2 * math.pi)
-    softplus = np.logaddexp(0.0, -lam_b[..., None] * t)
-    return integrate.trapezoid(dens * g * softplus, t, axis=-1)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or y.shape != (x.shape[0],) or not np.all(np.abs(y) == 1):
+        raise ConfigError("max_margin_direction: x must be (P, N) and y a length-P vector of +-1")
+    a = y[:, None] * x
+    w0 = a.sum(axis=0)
+    m0 = (a @ w0).min()
+    w0 = w0 / m0 if m0 > 0 else w0
+    res = optimize.minimize(lambda w: w @ w, w0, jac=lambda w: 2 * w, method="SLSQP",
+                            constraints=[{"type": "ineq", "fun": lambda w: a @ w - 1, "jac": lambda w: a}],
+                            options={"maxiter": 1000, "ftol": 1e-12})
+    if not res.success or (a @ res.x).min() < 1 - 1e-6:
+        raise ConfigError(f"max-margin programme failed ({res.message}); is the training set separable?")
+    return res.x / np.linalg.norm(res.x)
