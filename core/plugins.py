@@ -57,6 +57,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normdyn.plugins.reports.fit_figures",
     "normdyn.plugins.reports.run_figures",
     # commands
+    "normdyn.analyzers.perceptron_commands",
     "normdyn.analyzers.report_commands",
     "normdyn.trainer.commands",
     "normdyn.analyzers.fit_commands",
