@@ -1,7 +1,8 @@
 """The dask executor on a real Dask LocalCluster (worker processes, loopback):
-same stored runs as the local executor, a killed worker's task rerun and
-resumed without lost or duplicated checkpoint rows, retries of a task that
-raised, and a local Dask cluster started by map_tasks itself."""
+same stored runs as the local executor (for a toy task and for `normdyn
+sweep`), a killed worker's task rerun and resumed without lost or duplicated
+checkpoint rows, retries of a task that raised, and a local Dask cluster
+started by map_tasks itself."""
 from __future__ import annotations
 
 import operator
@@ -19,8 +20,12 @@ import torch
 from distributed import LocalCluster
 from distributed.utils import get_mp_context
 
+from click.testing import CliRunner
+
+from normdyn.core.cli import cli
 from normdyn.core.executor import map_tasks
 from normdyn.core.fsck import fsck_run
+from normdyn.core.plugins import DEFAULT_PLUGINS
 from normdyn.core.store import MeasureRecord, Run, run_dirs
 
 N_CKPT = 5
@@ -73,7 +78,8 @@ def worker_processes() -> Iterator[None]:
     cloudpickle.register_pickle_by_value(module)
     try:
         with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-            get_mp_context().set_forkserver_preload(["distributed", "torch", "h5py", "normdyn.core.store"])
+            get_mp_context().set_forkserver_preload(["distributed", "torch", "h5py", "normdyn.core.store",
+                                                     "normdyn.trainer.sweep", *DEFAULT_PLUGINS])
             yield
     finally:
         cloudpickle.unregister_pickle_by_value(module)
@@ -99,11 +105,12 @@ def _stored(store: Path) -> dict[str, dict[str, Any]]:
     for path in run_dirs(store):
         run = Run(path)
         attrs = {k: v for k, v in run.attrs.items() if k != "created"}
+        attrs["config"] = {k: v for k, v in attrs["config"].items() if k != "store"}
         table = {k: v.tolist() for k, v in run.checkpoints().items() if k not in ("wall_time", "sha256", "bytes")}
         assert not np.isnan(np.array(table["test_loss"])).any()  # NaN != NaN would fail the comparison
         tensors = [{k: t.tolist() for k, t in run.load_state_dict(i).items()} for i in range(len(run))]
-        out[path.name] = {"attrs": attrs, "table": table, "tensors": tensors,
-                          "frob": run.read_measure("frob").values.tolist()}
+        measures = {name: run.read_measure(name).values.tolist() for name in run.measures()}
+        out[path.name] = {"attrs": attrs, "table": table, "tensors": tensors, "measures": measures}
     return out
 
 
@@ -116,7 +123,7 @@ def test_dask_stores_the_same_runs_as_local(tmp_path: Path, scheduler: str) -> N
     assert stored["run-3"]["table"]["step"] == STEPS
     assert stored["run-3"]["attrs"]["status"] == "complete"
     expected_frob = [float(np.linalg.norm(_weights(3, i)["layer.weight"].numpy())) for i in range(N_CKPT)]
-    np.testing.assert_allclose(stored["run-3"]["frob"], expected_frob, rtol=1e-6)
+    np.testing.assert_allclose(stored["run-3"]["measures"]["frob"], expected_frob, rtol=1e-6)
 
 
 def test_killed_worker_task_is_rerun_and_resumes(tmp_path: Path, scheduler: str) -> None:
@@ -151,3 +158,42 @@ def test_without_retries_the_exception_is_the_outcome(tmp_path: Path, scheduler:
 def test_dask_without_scheduler_starts_a_local_cluster(worker_processes: None) -> None:
     outcomes = sorted(map_tasks(operator.neg, [1, 2, 3], executor="dask", jobs=2))
     assert outcomes == [(1, -1), (2, -2), (3, -3)]
+
+
+SWEEP = """
+[train]
+model = "perceptron"
+dataset = "teacher"
+steps = 20
+schedule = "log:4"
+batch_size = "full"
+optimizer = "sgd"
+lr = 0.5
+momentum = 0.0
+device = "cpu"
+
+[train.dataset_params]
+N = 20
+n_train = 64
+n_test = 16
+
+[sweep]
+P = [8, 16]
+seed = [0, 1]
+"""
+
+
+def test_sweep_command_on_dask_stores_the_same_runs_as_local(tmp_path: Path, scheduler: str) -> None:
+    config = tmp_path / "sweep.toml"
+    config.write_text(SWEEP)
+    outputs = {}
+    for name, executor in (("local", []), ("dask", ["--executor", "dask", "--scheduler", scheduler])):
+        result = CliRunner().invoke(cli, ["sweep", str(config), "--store", str(tmp_path / name), "-q", *executor])
+        assert result.exit_code == 0, result.output
+        outputs[name] = sorted(result.output.replace(str(tmp_path / name), "STORE").splitlines())
+    assert outputs["dask"] == outputs["local"]
+    assert outputs["local"][0] == "4 runs: 4 trained, 0 resumed, 0 skipped, 0 failed"
+    stored = _stored(tmp_path / "dask")
+    assert len(stored) == 4
+    assert all(len(run["tensors"]) == 5 and run["attrs"]["status"] == "complete" for run in stored.values())
+    assert stored == _stored(tmp_path / "local")

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from dask_jobqueue import PBSCluster, SLURMCluster
 
-from normdyn.core.cli import NormdynGroup
+from normdyn.core.cli import NormdynGroup, cli
 from normdyn.core.errors import ConfigError
 from normdyn.core.executor import PREVIEW_SCHEDULER, job_script, map_tasks
 from normdyn.core.executor_cli import executor_options
@@ -194,3 +194,13 @@ def test_cli_job_script_needs_a_cluster() -> None:
     result = CliRunner().invoke(group, ["work", "--executor", "dask", "--job-script"])
     assert result.exit_code == 1
     assert result.output == "Error: --job-script previews a batch job: add --cluster slurm|pbs\n"
+
+
+def test_normdyn_sweep_job_script_trains_nothing(tmp_path: Path) -> None:
+    args = ["sweep", str(tmp_path / "absent.toml"), "--store", str(tmp_path / "store"), "--executor", "dask",
+            "--cluster", "pbs", "--queue", "gpu", "--walltime", "02:00:00", "--cores", "4", "--memory", "16GiB",
+            "--gpus", "2", "--job-script"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output == job_script(cluster="pbs", **REQUEST)
+    assert not (tmp_path / "store").exists()
