@@ -147,7 +147,7 @@ def _render_target(store: str, measure: str, label: str, out: Path, where: Mappi
             except Exception as exc:  # a third-party section may raise anything: report it, keep going
                 target.section_errors[section.name] = f"{type(exc).__name__}: {exc}"
                 parts.append(f'<h3>{html.escape(getattr(section, "title", section.name))}</h3>'
-                             f'<p class="error">section {section.name!r} failed: {html.escape(str(exc))}</p>')
+                             f'<p class="error">{html.escape(f"section {section.name!r} failed: {exc}")}</p>')
                 continue
             target.files += sink.files
             if sink.blocks:

@@ -79,9 +79,16 @@ class ModelFamily(Protocol):
 
 @runtime_checkable
 class ReportSection(Protocol):
-    """A part of a report: ``render`` writes its figures/tables into ``out``
-    and returns what index.html shows (title, html snippet, file list)."""
+    """A part of the report of one (store, measure); see docs/report.md.
+
+    ``render(context, out)`` reads ``context`` (a ReportContext: runs, fit,
+    fit_json, colours per P) and draws through ``out`` (a SectionOutput:
+    ``out.figure(fig, stem, caption)``, ``out.table(stem, headers, rows,
+    caption)``, ``out.text(paragraph)``); it returns None, and an exception
+    marks only this section as failed. Optional ``title`` (the heading) and
+    ``order`` (page position, default 100; built-ins use 10-70).
+    """
 
     name: str
 
-    def render(self, context: Any, out: Any) -> Any: ...
+    def render(self, context: Any, out: Any) -> None: ...

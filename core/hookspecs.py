@@ -58,7 +58,8 @@ def register_datasets(register: Register) -> None:
 
 @hookspec
 def register_report_sections(register: Register) -> None:
-    """Call ``register(section)`` for each report section (``name``, ``render(...)``).
+    """Call ``register(section)`` for each report section (``name``, ``render(context, out)``,
+    optional ``title`` and ``order``); see ``normdyn.core.contracts.ReportSection``.
 
     Returns nothing.
     """
