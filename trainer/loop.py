@@ -25,7 +25,7 @@ from normdyn.trainer.objective import evaluate
 from normdyn.trainer.resume_state import pack_optimizer, unpack_optimizer
 from normdyn.trainer.setup import ORDER_SEED_OFFSET, Training, prepare
 
-__all__ = ["train", "resume", "train_or_resume", "measure_point"]
+__all__ = ["train", "resume", "train_or_resume", "measure_point", "train_step", "save_point", "Position"]
 
 
 @dataclass
@@ -84,49 +84,53 @@ def _load_resume(t: Training, run: Run, order: torch.Generator) -> Position:
     return Position(step=int(meta["step"]), samples_seen=int(meta["samples_seen"]), perm=perm, pos=int(meta["pos"]))
 
 
+def train_step(t: Training, at: Position, order: torch.Generator) -> None:
+    """One optimizer step on the next batch of the epoch's order (a new order at each epoch start)."""
+    P, B = int(t.x_train.shape[0]), t.batch_size
+    if B >= P:  # full batch: the order of the samples cannot matter
+        xb, yb = t.x_train, t.y_train
+        at.pos = P
+    else:
+        if at.perm is None:
+            at.perm, at.pos = torch.randperm(P, generator=order).to(t.device), 0
+        idx = at.perm[at.pos:at.pos + B]
+        xb, yb = t.x_train[idx], t.y_train[idx]
+        at.pos += B
+    if at.pos >= P:
+        at.perm, at.pos = None, 0
+    t.optimizer.zero_grad(set_to_none=True)
+    t.objective.loss(t.model(xb), yb).backward()
+    t.optimizer.step()
+    at.step += 1
+    at.samples_seen += int(xb.shape[0])
+
+
+def save_point(t: Training, run: Run, at: Position, order: torch.Generator, stored: set[int]) -> None:
+    """Checkpoint with metrics (unless ``stored`` has the step already), then the resume state."""
+    if at.step not in stored:
+        run.append_checkpoint(t.model.state_dict(), step=at.step, epoch=at.step / t.batches_per_epoch,
+                              samples_seen=at.samples_seen, metrics=measure_point(t))
+        stored.add(at.step)
+    if at.step < t.total_steps:  # the last point needs no resume state
+        _save_resume(t, run, at, order)
+
+
 def _loop(t: Training, run: Run, progress: bool) -> None:
     order = torch.Generator().manual_seed(t.config.seed + ORDER_SEED_OFFSET)
     at = _load_resume(t, run, order)
     stored = {int(s) for s in run.checkpoints()["step"]}
-    points = sorted(p for p in t.points if p >= at.step)
-    P, B = int(t.x_train.shape[0]), t.batch_size
-    model, opt, objective = t.model, t.optimizer, t.objective
-    model.train()
-
-    def checkpoint() -> None:
-        if at.step not in stored:
-            run.append_checkpoint(model.state_dict(), step=at.step, epoch=at.step / t.batches_per_epoch,
-                                  samples_seen=at.samples_seen, metrics=measure_point(t))
-        if at.step < t.total_steps:
-            _save_resume(t, run, at, order)
-
+    points = {p for p in t.points if p >= at.step}
+    t.model.train()
     bar = tqdm(total=t.total_steps, initial=at.step, desc=run.run_id, unit="step", disable=not progress,
                leave=False, dynamic_ncols=True)
     try:
-        if points and points[0] == at.step:
-            checkpoint()
-            points.pop(0)
+        if at.step in points:
+            save_point(t, run, at, order, stored)
         while at.step < t.total_steps:
-            if B >= P:  # full batch: the order of the samples cannot matter
-                xb, yb = t.x_train, t.y_train
-                at.pos = P
-            else:
-                if at.perm is None:
-                    at.perm, at.pos = torch.randperm(P, generator=order).to(t.device), 0
-                idx = at.perm[at.pos:at.pos + B]
-                xb, yb = t.x_train[idx], t.y_train[idx]
-                at.pos += B
-            if at.pos >= P:
-                at.perm, at.pos = None, 0
-            opt.zero_grad(set_to_none=True)
-            objective.loss(model(xb), yb).backward()
-            opt.step()
-            at.step += 1
-            at.samples_seen += int(xb.shape[0])
+            train_step(t, at, order)
             bar.update(1)
-            if points and points[0] == at.step:
-                checkpoint()
-                points.pop(0)
+            if at.step in points:
+                save_point(t, run, at, order, stored)
     finally:
         bar.close()
 
