@@ -113,9 +113,10 @@ def theory_fit(th: TheoryCurves, sim: FitResult, N: int) -> FitResult:
 @click.option("--seeds", type=int, default=None, help="Override the number of seeds (0..n-1).")
 @click.option("--steps", type=int, default=None, help="Override the maximum number of gradient steps.")
 @click.option("--inputs", type=click.Choice(["rademacher", "gaussian"]), default=None, help="Override the inputs.")
+@click.option("--schedule", type=str, default=None, help="Override the checkpoint schedule (e.g. log:30).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def perceptron_command(out: str, quick: bool, N: int | None, alphas: str | None, seeds: int | None,
-                       steps: int | None, inputs: str | None, quiet: bool) -> None:
+                       steps: int | None, inputs: str | None, schedule: str | None, quiet: bool) -> None:
     """Train the teacher-student perceptron, fit both laws, compare with theory, write a report."""
     exp = QUICK if quick else FULL
     changes: dict[str, Any] = {}
@@ -134,6 +135,8 @@ def perceptron_command(out: str, quick: bool, N: int | None, alphas: str | None,
         changes["steps"] = steps
     if inputs is not None:
         changes["inputs"] = inputs
+    if schedule is not None:
+        changes["schedule"] = schedule
     exp = replace(exp, **changes)
     exp.validate()
     out_dir = Path(out)

@@ -98,7 +98,7 @@ def _ms_equations(kappa: float, R: float, alpha: float) -> tuple[float, float]:
 
     # g(t) switches over a width s around 0: integrate the pieces separately
     cuts = sorted({-_T_MAX, *(c for c in (-30 * s, 0.0) if -_T_MAX < c < kappa), kappa})
-    a_int = sum(integrate.quad(a_f, lo, hi, limit=200, epsabs=0, epsrel=1e-10)[0] for lo, hi in zip(cuts, cuts[1:]))
+    a_int = sum(integrate.quad(a_f, lo, hi, limit=200, epsabs=1e-14, epsrel=1e-10)[0] for lo, hi in zip(cuts, cuts[1:]))
     # int_{-inf}^{kappa} (kappa - t) e^{-t^2/(2 s^2)} dt in closed form
     b_int = s * math.sqrt(2 * math.pi) * (kappa * special.ndtr(kappa / s) + s * math.exp(-kappa ** 2 / (2 * s * s)) / math.sqrt(2 * math.pi))
     return alpha * a_int - (1 - R * R), alpha * b_int - math.pi * R * s

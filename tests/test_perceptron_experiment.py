@@ -1,0 +1,134 @@
+"""The vectorised perceptron experiment, its plugins, and the ``normdyn perceptron`` command."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from normdyn.analyzers import perceptron_theory as th
+from normdyn.analyzers.perceptron_commands import curves_from_store, store_lambda_measure
+from normdyn.core import plugins
+from normdyn.core.cli import cli
+from normdyn.core.errors import ConfigError, DataError
+from normdyn.core.sampling import subset_indices
+from normdyn.core.store import list_runs
+from normdyn.trainer.perceptron import PerceptronExperiment, run_experiment
+
+
+def _data_of(run: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Independent rebuild of a run's training set (x, y = +-1) and teacher from the dataset spec."""
+    spec = dict(run.dataset)  # type: ignore[attr-defined]
+    spec.pop("name")
+    gen = torch.Generator().manual_seed(spec["teacher_seed"])
+    teacher = torch.randn(spec["N"], generator=gen, dtype=torch.float64).numpy()
+    data = plugins.get("datasets", "teacher").load(**spec)
+    idx = subset_indices(len(data.x_train), run.P, run.seed)  # type: ignore[attr-defined]
+    x = data.x_train[idx].double().numpy()
+    return x, np.sign(x @ teacher), teacher
+
+
+def test_first_step_is_hebb_and_error_matches_theory(tmp_path: Path) -> None:
+    exp = PerceptronExperiment(N=400, alphas=(1.0,), seeds=(0, 1, 2, 3), steps=3, schedule="log:3")
+    run_experiment(exp, tmp_path)
+    eps1 = []
+    for run in list_runs(tmp_path):
+        assert run.status == "complete" and run.P == 400
+        table = run.checkpoints()
+        assert table["step"].tolist() == [0, 1, 2, 3]
+        assert table["test_error"][0] == 0.5  # w = 0 guesses
+        x, y, teacher = _data_of(run)
+        w1 = run.load_state_dict(1)["fc.weight"].numpy().ravel()
+        hebb = (y[:, None] * x).sum(axis=0)
+        assert w1 @ hebb / (np.linalg.norm(w1) * np.linalg.norm(hebb)) == pytest.approx(1.0, abs=1e-12)
+        R = w1 @ teacher / (np.linalg.norm(w1) * np.linalg.norm(teacher))
+        assert table["test_error"][1] == pytest.approx(math.acos(R) / math.pi, abs=1e-9)
+        eps1.append(table["test_error"][1])
+    # finite size: eps fluctuates by O(1/sqrt(N)) around the N -> infinity value
+    assert np.mean(eps1) == pytest.approx(float(th.eps_hebb(1.0)), abs=0.03)
+
+
+def test_gradient_descent_approaches_max_margin(tmp_path: Path) -> None:
+    exp = PerceptronExperiment(N=20, alphas=(2.0,), seeds=(0,), steps=3000, schedule="log:12", lam_stop=1e4,
+                               max_rel_step=0.2)
+    run_experiment(exp, tmp_path)
+    (run,) = list_runs(tmp_path)
+    x, y, _ = _data_of(run)
+    w_mm = th.max_margin_direction(x, y)
+    cos = []
+    for i in range(1, len(run)):
+        w = run.load_state_dict(i)["fc.weight"].numpy().ravel()
+        cos.append(float(w @ w_mm / np.linalg.norm(w)))
+    assert cos[-1] > 0.995
+    assert cos[-1] > cos[len(cos) // 2] > cos[0]
+
+
+def test_store_format_measure_and_curves(tmp_path: Path) -> None:
+    exp = PerceptronExperiment(N=50, alphas=(1.0, 2.0), seeds=(0, 1), steps=40, schedule="log:8")
+    summary = run_experiment(exp, tmp_path)
+    runs = list_runs(tmp_path)
+    assert sorted(r.run_id for r in runs) == sorted(p.name for p in summary.runs)
+    configs = {json.dumps({k: v for k, v in r.config.items() if k not in ("P", "seed")}, sort_keys=True) for r in runs}
+    assert len(configs) == 1  # one experiment: fits group the runs together
+    assert {r.P for r in runs} == {50, 100}
+    assert runs[0].model_spec["name"] == "perceptron" and runs[0].dataset["name"] == "teacher"
+    store_lambda_measure(runs)
+    for run in runs:
+        rec = run.read_measure("perceptron_lambda")
+        expected = [np.linalg.norm(run.load_state_dict(i)["fc.weight"].numpy()) / math.sqrt(50) for i in range(len(run))]
+        assert rec.values == pytest.approx(expected, rel=1e-12)
+        assert rec.values[0] == 0.0
+    curves = curves_from_store(runs)
+    assert all(len(c.log10_lambda) == len(runs[0]) - 1 for c in curves if c.P == runs[0].P and c.seed == runs[0].seed)
+    with pytest.raises(ConfigError, match="already exists"):
+        run_experiment(exp, tmp_path)
+
+
+def test_exact_test_error_matches_a_large_test_set() -> None:
+    data = plugins.get("datasets", "teacher").load(N=30, n_train=10, n_test=40000, inputs="gaussian", teacher_seed=3)
+    family = plugins.get("models", "perceptron")
+    model = family.build(family.spec(input_shape=(30,), num_classes=2))
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.randn(1, 30, generator=torch.Generator().manual_seed(1)))
+        empirical = float(((model(data.x_test).ravel() > 0).long() != data.y_test).float().mean())
+    exact = data.exact_test_error(model)
+    assert empirical == pytest.approx(exact, abs=4 * math.sqrt(exact * (1 - exact) / 40000))
+
+
+def test_bad_inputs_name_the_value() -> None:
+    teacher = plugins.get("datasets", "teacher")
+    with pytest.raises(DataError, match="inputs='binary'"):
+        teacher.load(inputs="binary")
+    with pytest.raises(DataError, match="unknown parameter"):
+        teacher.load(P=3)
+    with pytest.raises(ConfigError, match="num_classes=10"):
+        plugins.get("models", "perceptron").spec(input_shape=(5,), num_classes=10)
+    with pytest.raises(ConfigError, match="alphas"):
+        PerceptronExperiment(alphas=(0.0,)).validate()
+
+
+def test_cli_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    args = ["perceptron", "--out", str(out), "--N", "60", "--alphas", "1,2,4", "--seeds", "2", "--steps", "400", "--schedule", "log:10",
+            "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("gamma1 = ") and lines[1].startswith("gamma2 = ")
+    assert lines[-1] == f"report: {out / 'index.html'}"
+    for stem in ("eps_lambda", "collapse", "lambda_star", "eps_star"):
+        assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.svg").stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["N"] == 60 and summary["alphas"] == [1.0, 2.0, 4.0]
+    assert summary["gamma1"] == summary["fit"]["gamma1"]
+    assert len(list_runs(out / "store")) == 6
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1
+    assert again.output.strip() == f"Error: {out / 'store'} already holds runs; choose a new --out (nothing is overwritten)"
+    bad = CliRunner().invoke(cli, ["perceptron", "--out", str(tmp_path / "x"), "--alphas", "a,b"])
+    assert bad.exit_code == 1
+    assert bad.output.strip() == "Error: --alphas 'a,b': give comma-separated numbers, e.g. 0.5,1,2,4"
