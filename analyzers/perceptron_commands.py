@@ -41,14 +41,18 @@ FULL = PerceptronExperiment(extra={"mode": "full"})
 #: Law 1's window in lambda/lambda*: between the Hebb plateau (lambda of order 1,
 #: lambda/lambda* ~ 1/(2 alpha)) and the minimum, where the theory's local slope is steepest.
 LAW1_WINDOW = (0.05, 0.3)
-#: Law 1 uses alpha >= this: at smaller loads the window touches the Hebb plateau.
+#: Both laws use alpha >= this: at smaller loads the window touches the Hebb
+#: plateau and the minimum is so flat that its argmin is mostly noise.
 LAW1_MIN_ALPHA = 4.0
 
 
 def fit_options(exp: PerceptronExperiment) -> FitOptions:
-    """The law-1 window and smallest P of the perceptron fits (law 2 uses every P)."""
-    usable = [a for a in exp.alphas if a >= LAW1_MIN_ALPHA] or [max(exp.alphas)]
-    return FitOptions(window=LAW1_WINDOW, law1_min_P=exp.P(min(usable)))
+    """The law-1 window and the smallest P of both laws (the two largest alphas at least)."""
+    usable = [a for a in exp.alphas if a >= LAW1_MIN_ALPHA]
+    if len(usable) < 2:
+        usable = sorted(exp.alphas)[-2:]
+    P_min = exp.P(min(usable))
+    return FitOptions(window=LAW1_WINDOW, law1_min_P=P_min, law2_min_P=P_min)
 
 
 def store_lambda_measure(runs: list[Run]) -> None:
