@@ -1,6 +1,6 @@
 """The dask executor on a real Dask LocalCluster (worker processes, loopback):
-same stored runs as the local executor (for a toy task and for `normdyn
-sweep`), a killed worker's task rerun and resumed without lost or duplicated
+same stored runs as the local executor (for a toy task, and for `normdyn
+sweep` followed by `normdyn analyze`), a killed worker's task rerun and resumed without lost or duplicated
 checkpoint rows, retries of a task that raised, and a local Dask cluster
 started by map_tasks itself."""
 from __future__ import annotations
@@ -79,7 +79,8 @@ def worker_processes() -> Iterator[None]:
     try:
         with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
             get_mp_context().set_forkserver_preload(["distributed", "torch", "h5py", "normdyn.core.store",
-                                                     "normdyn.trainer.sweep", *DEFAULT_PLUGINS])
+                                                     "normdyn.trainer.sweep", "normdyn.analyzers.analyze",
+                                                     *DEFAULT_PLUGINS])
             yield
     finally:
         cloudpickle.unregister_pickle_by_value(module)
@@ -183,17 +184,34 @@ seed = [0, 1]
 """
 
 
-def test_sweep_command_on_dask_stores_the_same_runs_as_local(tmp_path: Path, scheduler: str) -> None:
+def _invoke(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_sweep_and_analyze_commands_on_dask_store_the_same_as_local(tmp_path: Path, scheduler: str) -> None:
     config = tmp_path / "sweep.toml"
     config.write_text(SWEEP)
     outputs = {}
     for name, executor in (("local", []), ("dask", ["--executor", "dask", "--scheduler", scheduler])):
-        result = CliRunner().invoke(cli, ["sweep", str(config), "--store", str(tmp_path / name), "-q", *executor])
-        assert result.exit_code == 0, result.output
-        outputs[name] = sorted(result.output.replace(str(tmp_path / name), "STORE").splitlines())
+        store = str(tmp_path / name)
+        swept = _invoke(["sweep", str(config), "--store", store, "-q", *executor])
+        outputs[name] = sorted(swept.replace(store, "STORE").splitlines())
+        assert _invoke(["analyze", store, "-q", *executor]) == "4 run(s): 20 computed, 0 skipped, 0 failed\n"
     assert outputs["dask"] == outputs["local"]
     assert outputs["local"][0] == "4 runs: 4 trained, 0 resumed, 0 skipped, 0 failed"
     stored = _stored(tmp_path / "dask")
     assert len(stored) == 4
-    assert all(len(run["tensors"]) == 5 and run["attrs"]["status"] == "complete" for run in stored.values())
+    for run in stored.values():
+        assert len(run["tensors"]) == 5 and run["attrs"]["status"] == "complete"
+        assert list(run["measures"]) == ["spectral_complexity"]
+        assert not np.isnan(run["measures"]["spectral_complexity"]).any()
     assert stored == _stored(tmp_path / "local")
+    # Rerunning either command is a no-op: a retried task redoes nothing.
+    dask = ["--executor", "dask", "--scheduler", scheduler]
+    store = str(tmp_path / "dask")
+    assert _invoke(["sweep", str(config), "--store", store, "-q", *dask]).endswith(
+        "4 runs: 0 trained, 0 resumed, 4 skipped, 0 failed\n")
+    assert _invoke(["analyze", store, "-q", *dask]) == "4 run(s): 0 computed, 20 skipped, 0 failed\n"
+    assert _stored(tmp_path / "dask") == stored
