@@ -47,10 +47,10 @@ LAW1_MIN_ALPHA = 4.0
 
 
 def fit_options(exp: PerceptronExperiment) -> FitOptions:
-    """The law-1 window and the smallest P of both laws (the two largest alphas at least)."""
+    """The law-1 window and the smallest P of both laws (the three largest alphas at least: law 2 needs 3 points)."""
     usable = [a for a in exp.alphas if a >= LAW1_MIN_ALPHA]
-    if len(usable) < 2:
-        usable = sorted(exp.alphas)[-2:]
+    if len(usable) < 3:
+        usable = sorted(exp.alphas)[-3:]
     P_min = exp.P(min(usable))
     return FitOptions(window=LAW1_WINDOW, law1_min_P=P_min, law2_min_P=P_min)
 
