@@ -232,6 +232,8 @@ def analyze_run(task: RunTask) -> RunOutcome:
                         raise NormdynError(_nonfinite_message(view, r.measure.name))
                 except Exception as exc:  # any measure failure is recorded per row; the batch goes on
                     message = str(exc) if isinstance(exc, NormdynError) else f"{type(exc).__name__}: {exc}"
+                    if view.nonfinite_tensors():  # the cause, not the linear-algebra symptom
+                        message = _nonfinite_message(view, r.measure.name)
                     r.fail(row, message)
                     outcome.failed += 1
                     outcome.failures.append(f"{run.path.name} step {step} {r.measure.name}: {message}")

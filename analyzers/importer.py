@@ -122,15 +122,17 @@ def import_checkpoints(src: str | Path, store: str | Path, *, model_spec: Mappin
                 order.append((step_from_name(path), path))
         except ConfigError as exc:
             result.errors.append(str(exc))
-    seen: dict[int, Path] = {}
+    by_step: dict[int, list[Path]] = {}
     for step, path in sorted(order):
-        if step in seen:
-            result.errors.append(f"{path}: step {step} is also the step of {seen[step].name}; use --steps FILE")
+        by_step.setdefault(step, []).append(path)
+    duplicated = {s for s, paths in by_step.items() if len(paths) > 1}
+    for step in sorted(duplicated):
+        names = ", ".join(p.name for p in by_step[step])
+        result.errors.append(f"{src}: step {step} is shared by {names} (none imported); use --steps FILE")
     Path(store).mkdir(parents=True, exist_ok=True)
     run = Run.create(store, result.run_path.name, config={"imported_from": str(src.resolve())},
                      model_spec=dict(model_spec or {}), dataset=dict(dataset or {}), P=P, seed=seed, exist_ok=True)
     have = {int(s) for s in run.checkpoints()["step"]}
-    duplicated = {s for s, _ in order if sum(1 for t, _ in order if t == s) > 1}
     for step, path in sorted(order):
         if step in duplicated:
             continue
