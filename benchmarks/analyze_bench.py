@@ -2,9 +2,10 @@
 
 Writes one run of the paper's CIFAR-10 CNN (conv 32-64-128, FC 512 -> 10,
 16.9M parameters) with ``--checkpoints`` checkpoints whose weights drift
-slightly, as a training run's do: each layer is its initialisation plus a
-slowly growing low-rank component (trained layers develop a few outlying
-singular values) plus small noise. Then, side by side in one process:
+slightly, as a training run's do: each layer is its initialisation (PyTorch's
+default times the paper's init factor 0.05) plus a low-rank component that
+grows like log(step) to the size of a default-initialised layer (trained
+layers develop a few outlying singular values) plus small noise. Then, side by side in one process:
 
 - read:   the time to merely read every checkpoint's bytes (the I/O floor);
 - normdyn: ``normdyn.analyzers.analyze_store(..., ["spectral_complexity"])``
@@ -35,12 +36,14 @@ from normdyn.core.store import Run
 from normdyn.plugins.measures.spectral import bartlett
 
 
-def write_run(store: Path, checkpoints: int, drift: float, seed: int) -> Run:
+def write_run(store: Path, checkpoints: int, drift: float, seed: int, init_factor: float) -> Run:
     """A run of the paper's CIFAR-10 CNN whose weights drift slightly from checkpoint to checkpoint."""
     family = plugins.get("models", "cnn")
     spec = family.spec(input_shape=(3, 32, 32), num_classes=10)
     torch.manual_seed(seed)
     state = {k: v.clone() for k, v in family.build(spec).state_dict().items()}
+    for layer in spec["layers"]:  # the paper's small initialisation: weights (not biases) times the factor
+        state[layer["weight"]] *= init_factor
     gen = torch.Generator().manual_seed(seed + 1)
     directions = {}
     for layer in spec["layers"]:
@@ -48,7 +51,7 @@ def write_run(store: Path, checkpoints: int, drift: float, seed: int) -> Run:
         rows, cols = w.shape[0], w[0].numel()
         u = torch.randn(rows, 4, generator=gen)
         v = torch.randn(cols, 4, generator=gen)
-        strength = torch.tensor([4.0, 2.5, 1.6, 1.2]) * float(w.std()) * math.sqrt(max(rows, cols)) / math.sqrt(rows * cols)
+        strength = torch.tensor([4.0, 2.5, 1.6, 1.2]) * float(w.std()) / init_factor * math.sqrt(max(rows, cols)) / math.sqrt(rows * cols)
         directions[layer["weight"]] = ((u * strength) @ v.T).reshape(w.shape)
     run = Run.create(store, "cnn-cifar10", config={"benchmark": "analyze_bench"}, model_spec=spec,
                      dataset={"name": "cifar10"}, P=50000, seed=seed)
@@ -104,12 +107,14 @@ def main() -> None:
     parser.add_argument("--drift", type=float, default=1e-3, help="Noise per checkpoint, relative to each tensor's std.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-factor", type=float, default=0.05,
+                        help="Initial weights times this (the paper's small init, 0.05; 1 = PyTorch's default init).")
     parser.add_argument("--keep", type=Path, default=None, help="Write the store here and keep it.")
     args = parser.parse_args()
     store = args.keep or Path(tempfile.mkdtemp(prefix="normdyn-analyze-bench-"))
     try:
         t0 = time.perf_counter()
-        run = write_run(store, args.checkpoints, args.drift, args.seed)
+        run = write_run(store, args.checkpoints, args.drift, args.seed, args.init_factor)
         nparams = sum(run.checkpoint(0).shape(k)[0] * int(np.prod(run.checkpoint(0).shape(k)[1:]))
                       for k in run.checkpoint(0).keys())
         print(f"wrote {len(run)} checkpoints of {nparams / 1e6:.1f}M parameters in {time.perf_counter() - t0:.1f}s")
