@@ -120,7 +120,10 @@ def main() -> None:
     ap.add_argument("--test-size", type=int, default=2000, help="test samples timed (figures scale to MNIST's 10000)")
     ap.add_argument("--T", type=int, default=1000, help="epochs of the run the overhead refers to (reference: 1000)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     source = SyntheticMNIST(args.P, args.test_size)
