@@ -60,12 +60,15 @@ def _run_curve(run: Run, measure: str) -> SeedCurve:
     table = run.checkpoints()
     lam, err = np.asarray(record.values, float), np.asarray(table["test_error"], float)
     ok = np.isfinite(lam) & np.isfinite(err)
-    if not ok.any():
-        raise DataError(f"{run.path}: no checkpoint has both {measure!r} and test_error")
-    bad = ok & (lam <= 0)
+    bad = ok & (lam < 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{run.path}: measure {measure!r} is {lam[row]:g} at checkpoint row {row}; must be > 0")
+        raise DataError(f"{run.path}: measure {measure!r} is {lam[row]:g} at checkpoint row {row}; must be >= 0")
+    # A norm is exactly 0 only at a zero initialisation (the perceptron's w = 0):
+    # it has no place on a log axis, so that checkpoint is left out of the curve.
+    ok &= lam > 0
+    if not ok.any():
+        raise DataError(f"{run.path}: no checkpoint has both a positive {measure!r} and a test_error")
     return SeedCurve(run.P, run.seed, np.log10(lam[ok]), err[ok], source=str(run.path))
 
 

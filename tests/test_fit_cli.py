@@ -113,9 +113,12 @@ def test_fit_store_equals_fit_of_the_same_curves(tmp_path: Path) -> None:
     for c in curves:
         run = Run.create(store, f"P{c.P}-s{c.seed}", config={"lr": 0.001, "P": c.P, "seed": c.seed},
                          model_spec={"name": "mlp"}, dataset={"name": "toy"}, P=c.P, seed=c.seed)
-        for step, e in enumerate(c.test_error):
+        # row 0: a zero initialisation (lambda = 0 has no log): left out of the curve, not an error
+        run.append_checkpoint({"w": torch.zeros(1)}, step=0, epoch=0.0, metrics={"test_error": 0.5})
+        for step, e in enumerate(c.test_error, start=1):
             run.append_checkpoint({"w": torch.zeros(1)}, step=step, epoch=float(step), metrics={"test_error": float(e)})
-        run.write_measure("spec", MeasureRecord(values=10.0 ** c.log10_lambda, sha256=[""] * len(c.test_error)))
+        values = np.concatenate([[0.0], 10.0 ** c.log10_lambda])
+        run.write_measure("spec", MeasureRecord(values=values, sha256=[""] * len(values)))
     code, output = run_fit(str(store), "--measure", "spec", "--window", "0.01", "0.3", "--json", "-")
     assert code == 0, output
     data = json.loads(output)
