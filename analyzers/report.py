@@ -199,12 +199,15 @@ def _summary_row(t: TargetReport) -> list[Any]:
 
 def build_report(stores: Sequence[str], out: str | os.PathLike[str], *, measures: Sequence[str] | None = None,
                  where: Mapping[str, str] | None = None, fit_kwargs: Mapping[str, Any] | None = None,
+                 store_fit_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
                  command_line: str = "") -> ReportSummary:
     """Write the report of every store x measure (every stored measure when ``measures`` is empty) under ``out``.
 
     ``where`` and ``fit_kwargs`` select and fit runs as in ``normdyn fit``;
-    ``command_line`` is recorded as provenance. Failures are collected in
-    the summary, never raised, except when there is nothing to report at all.
+    ``store_fit_kwargs[store]`` replaces ``fit_kwargs`` for one store (the
+    demo fits the perceptron with its own window). ``command_line`` is
+    recorded as provenance. Failures are collected in the summary, never
+    raised, except when there is nothing to report at all.
     """
     if not stores:
         raise ConfigError("no store given: normdyn report STORE... --out DIR")
@@ -229,7 +232,8 @@ def build_report(stores: Sequence[str], out: str | os.PathLike[str], *, measures
             parts.append(f'<section><h2>{html.escape(store)}</h2><p class="error">failed: {html.escape(msg)}</p></section>')
             continue
         for measure in names:
-            target, part = _render_target(store, measure, label, out, where, fit_kwargs, sections)
+            kwargs = (store_fit_kwargs or {}).get(store, fit_kwargs)
+            target, part = _render_target(store, measure, label, out, where, kwargs, sections)
             targets.append(target)
             parts.append(part)
     rows = [_summary_row(t) for t in targets]

@@ -50,19 +50,29 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("report")
     store = make_store(root / "store")
     out = root / "out"
-    result = CliRunner().invoke(cli, ["report", str(store), "--out", str(out), "--measure", MEASURE])
-    return {"store": store, "out": out, "result": result}
+    missing = root / "missing"
+    result = CliRunner().invoke(cli, ["report", str(missing), str(store), "--out", str(out), "--measure", MEASURE])
+    return {"store": store, "out": out, "result": result, "missing": missing}
 
 
 def test_report_writes_every_promised_file(report: dict[str, Any]) -> None:
     result, out = report["result"], report["out"]
-    assert result.exit_code == 0, result.output
     directory = out / "store" / MEASURE
     expected = {f"fig-{f}.{ext}" for f in FIGURES for ext in ("png", "svg")} | set(TABLES) | {"results.json"}
     assert {p.name for p in directory.iterdir()} == expected
     assert (out / "index.html").is_file()
-    assert result.output.splitlines()[-1] == f"report: {out / 'index.html'}"
-    assert result.output.startswith(f"ok: {report['store']} {MEASURE} -> {directory}  gamma1=")
+    lines = result.output.splitlines()
+    assert lines[-1] == f"report: {out / 'index.html'}"
+    assert lines[-2].startswith(f"ok: {report['store']} {MEASURE} -> {directory}  gamma1=")
+
+
+def test_a_failing_store_is_reported_and_the_rest_written(report: dict[str, Any]) -> None:
+    result, missing = report["result"], report["missing"]
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == f"failed: {missing} {MEASURE}: {missing}: no such store directory"
+    page = (report["out"] / "index.html").read_text()
+    assert f"{missing}: no such store directory" in page
+    assert not (report["out"] / "missing").exists()
 
 
 def test_index_is_self_contained_and_links_only_existing_files(report: dict[str, Any]) -> None:
@@ -111,18 +121,6 @@ def test_csv_tables_hold_the_fit_and_every_checkpoint(report: dict[str, Any]) ->
     assert {int(r["P"]) for r in curves} == set(PS)
     runs = _read_csv(directory / "runs.csv")
     assert [(r["run"], r["measure_plugin"], r["measure_version"]) for r in runs][0] == ("toy-P100-s0", "toy", "1")
-
-
-def test_failing_store_is_reported_and_the_rest_written(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "good", Ps=(100, 200, 400))
-    out = tmp_path / "out"
-    missing = tmp_path / "missing"
-    result = CliRunner().invoke(cli, ["report", str(missing), str(store), "--out", str(out)])
-    assert result.exit_code == 1
-    assert f"failed: {missing} -: {missing}: no such store directory" in result.output
-    assert (out / "good" / MEASURE / "results.json").is_file()
-    page = (out / "index.html").read_text()
-    assert "no such store directory" in page
 
 
 def test_every_stored_measure_by_default_and_unknown_measure_fails(tmp_path: Path) -> None:
