@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,16 +94,22 @@ def train_cmd(config_file: str | None, resume_dir: str | None, download: bool, q
 @click.option("--store", required=True, help="Store directory for all runs of the sweep.")
 @click.option("--device", help="Override the device of every run (auto, cpu, cuda, cuda:N).")
 @click.option("--dry-run", is_flag=True, help="List the grid's runs and their status; train nothing.")
+@click.option("--ensemble", is_flag=True,
+              help="Train the seeds of each configuration together on one device (torch.func); same runs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @executor_options
-def sweep_cmd(config_file: str, store: str, device: str | None, dry_run: bool, quiet: bool,
+def sweep_cmd(config_file: str, store: str, device: str | None, dry_run: bool, ensemble: bool, quiet: bool,
               executor_opts: dict[str, Any]) -> None:
     """Run the grid of CONFIG_FILE ([train] + [sweep] tables) into one store.
 
     Complete runs are skipped and unfinished ones resumed, so running a sweep
     again continues it. Prints one line per run; exits 1 if any run failed.
+    With --ensemble (or ensemble = true in [train]) the seeds of each
+    configuration train together, each into its own ordinary run.
     """
     configs = expand_grid(read_toml(config_file), source=config_file)
+    if ensemble:
+        configs = [replace(c, ensemble=True) for c in configs]
     if dry_run:
         for config in configs:
             path = Path(store) / config.run_id()

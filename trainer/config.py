@@ -23,8 +23,9 @@ __all__ = ["TrainConfig", "OPTIMIZERS", "read_toml", "RUN_ID_EXCLUDED"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # Fields that say where or how fast a run executes, not what it computes:
-# they do not enter the run id, so a run resumes on another device or data path.
-RUN_ID_EXCLUDED = ("store", "data_root", "download", "device", "eval_batch_size")
+# they do not enter the run id, so a run resumes on another device or data path,
+# and a seed trained in an ensemble is the same run as one trained alone.
+RUN_ID_EXCLUDED = ("store", "data_root", "download", "device", "eval_batch_size", "ensemble")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class TrainConfig:
     download: bool = False             # let torchvision download an absent dataset
     device: str = "auto"               # auto (cuda when available) | cpu | cuda | cuda:N
     eval_batch_size: int = 2048        # batch size of the (no-grad) evaluations at checkpoints
+    ensemble: bool = False             # sweeps: train the seeds of one config together (torch.func)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> "TrainConfig":
@@ -76,6 +78,8 @@ class TrainConfig:
                 raise ConfigError(f"{key}={value!r}: must be a positive integer")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r}: must be a non-negative integer")
+        if not isinstance(self.ensemble, bool):
+            raise ConfigError(f"ensemble={self.ensemble!r}: must be true or false")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         for key, low in (("lr", 0.0), ("init_factor", 0.0)):

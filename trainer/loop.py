@@ -25,7 +25,8 @@ from normdyn.trainer.objective import evaluate
 from normdyn.trainer.resume_state import pack_optimizer, unpack_optimizer
 from normdyn.trainer.setup import ORDER_SEED_OFFSET, Training, prepare
 
-__all__ = ["train", "resume", "train_or_resume", "measure_point", "train_step", "save_point", "Position"]
+__all__ = ["train", "resume", "train_or_resume", "measure_point", "train_step", "save_point", "Position",
+           "ResumePoint", "current_rng", "write_resume", "read_resume", "next_batch"]
 
 
 @dataclass
@@ -52,52 +53,95 @@ def measure_point(t: Training) -> dict[str, float]:
     return {"train_error": train_error, "train_loss": train_loss, "test_error": test_error, "test_loss": test_loss}
 
 
-def _save_resume(t: Training, run: Run, at: Position, order: torch.Generator) -> None:
-    tensors, optim_meta = pack_optimizer(t.optimizer.state_dict())
-    tensors["rng.torch"] = torch.get_rng_state()
+@dataclass
+class ResumePoint:
+    """What ``resume/latest.safetensors`` restores, with the weights of its step's checkpoint."""
+
+    at: Position
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]  # for Optimizer.load_state_dict
+    order_state: torch.Tensor  # the data-order generator's state
+    rng: dict[str, torch.Tensor]  # "rng.torch" and, when trained on CUDA, "rng.cuda"
+
+
+def current_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global torch RNG states a resume restores (CPU, and CUDA on a CUDA device)."""
+    rng = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def write_resume(run: Run, at: Position, order: torch.Generator, optimizer_state: dict[str, Any],
+                 rng: dict[str, torch.Tensor]) -> None:
+    """Save the resume state of ``run`` at position ``at`` (the checkpoint of ``at.step`` holds the weights)."""
+    tensors, optim_meta = pack_optimizer(optimizer_state)
+    tensors.update(rng)
     tensors["rng.order"] = order.get_state()
-    if t.device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(t.device)
     if at.perm is not None:
         tensors["order.perm"] = at.perm
     run.save_resume(tensors, {"step": at.step, "samples_seen": at.samples_seen, "pos": at.pos,
                               "optimizer": optim_meta})
 
 
-def _load_resume(t: Training, run: Run, order: torch.Generator) -> Position:
-    """Restore weights, optimizer and RNGs from ``run``; a run without resume state starts over."""
+def read_resume(run: Run, device: torch.device) -> ResumePoint | None:
+    """The resume state of ``run`` (None if it has none), checked against its index."""
     saved = run.load_resume()
     if saved is None:
-        return Position()
+        return None
     tensors, meta = saved
     steps = [int(s) for s in run.checkpoints()["step"]]
     if meta["step"] not in steps:
         raise StoreError(f"{run.path}: the resume state is at step {meta['step']} but the index has no such "
                          f"checkpoint; run `normdyn store fsck --repair` on the store")
-    t.model.load_state_dict(run.load_state_dict(steps.index(meta["step"])))
-    t.optimizer.load_state_dict(unpack_optimizer(tensors, meta["optimizer"]))
-    torch.set_rng_state(tensors["rng.torch"].clone())
-    order.set_state(tensors["rng.order"].clone())
-    if t.device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"].clone(), t.device)
-    perm = tensors["order.perm"].to(t.device) if "order.perm" in tensors else None
-    return Position(step=int(meta["step"]), samples_seen=int(meta["samples_seen"]), perm=perm, pos=int(meta["pos"]))
+    perm = tensors["order.perm"].to(device) if "order.perm" in tensors else None
+    at = Position(step=int(meta["step"]), samples_seen=int(meta["samples_seen"]), perm=perm, pos=int(meta["pos"]))
+    rng = {k: tensors[k].clone() for k in ("rng.torch", "rng.cuda") if k in tensors}
+    return ResumePoint(at, run.load_state_dict(steps.index(meta["step"])),
+                       unpack_optimizer(tensors, meta["optimizer"]), tensors["rng.order"].clone(), rng)
+
+
+def _save_resume(t: Training, run: Run, at: Position, order: torch.Generator) -> None:
+    write_resume(run, at, order, t.optimizer.state_dict(), current_rng(t.device))
+
+
+def _load_resume(t: Training, run: Run, order: torch.Generator) -> Position:
+    """Restore weights, optimizer and RNGs from ``run``; a run without resume state starts over."""
+    point = read_resume(run, t.device)
+    if point is None:
+        return Position()
+    t.model.load_state_dict(point.weights)
+    t.optimizer.load_state_dict(point.optimizer)
+    torch.set_rng_state(point.rng["rng.torch"])
+    order.set_state(point.order_state)
+    if t.device.type == "cuda" and "rng.cuda" in point.rng:
+        torch.cuda.set_rng_state(point.rng["rng.cuda"], t.device)
+    return point.at
+
+
+def next_batch(at: Position, P: int, B: int, order: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """Indices into the P samples of the next batch of the epoch's order, advancing ``at``.
+
+    A new order is drawn at each epoch start. None means all P samples in
+    their stored order (full batch: the order of the samples cannot matter).
+    """
+    idx = None
+    if B >= P:
+        at.pos = P
+    else:
+        if at.perm is None:
+            at.perm, at.pos = torch.randperm(P, generator=order).to(device), 0
+        idx = at.perm[at.pos:at.pos + B]
+        at.pos += B
+    if at.pos >= P:
+        at.perm, at.pos = None, 0
+    return idx
 
 
 def train_step(t: Training, at: Position, order: torch.Generator) -> None:
     """One optimizer step on the next batch of the epoch's order (a new order at each epoch start)."""
-    P, B = int(t.x_train.shape[0]), t.batch_size
-    if B >= P:  # full batch: the order of the samples cannot matter
-        xb, yb = t.x_train, t.y_train
-        at.pos = P
-    else:
-        if at.perm is None:
-            at.perm, at.pos = torch.randperm(P, generator=order).to(t.device), 0
-        idx = at.perm[at.pos:at.pos + B]
-        xb, yb = t.x_train[idx], t.y_train[idx]
-        at.pos += B
-    if at.pos >= P:
-        at.perm, at.pos = None, 0
+    idx = next_batch(at, int(t.x_train.shape[0]), t.batch_size, order, t.device)
+    xb, yb = (t.x_train, t.y_train) if idx is None else (t.x_train[idx], t.y_train[idx])
     t.optimizer.zero_grad(set_to_none=True)
     t.objective.loss(t.model(xb), yb).backward()
     t.optimizer.step()

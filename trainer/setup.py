@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.objective import Objective, objective_for
 
 __all__ = ["Training", "prepare", "load_data", "dataset_spec", "resolve_device", "scale_weight_matrices",
-           "ORDER_SEED_OFFSET"]
+           "make_optimizer", "new_model_spec", "build_model", "step_plan", "ORDER_SEED_OFFSET"]
 
 # The data-order generator is seeded with seed + this offset, so the order of
 # the P samples is not the permutation that chose them (core/sampling.py).
@@ -78,8 +78,8 @@ def scale_weight_matrices(model: nn.Module, layers: list[Mapping[str, Any]], fac
             params[key].mul_(factor)
 
 
-def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
+def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over ``params`` (a model's, or an ensemble's stacked ones)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -99,6 +99,36 @@ def dataset_spec(config: TrainConfig) -> dict[str, Any]:
     return {"name": config.dataset, **config.dataset_params, "root": root}
 
 
+def new_model_spec(config: TrainConfig, data: DatasetTensors) -> dict[str, Any]:
+    """The model_spec the family makes for ``config``'s model parameters and the data's shape."""
+    return plugins.get("models", config.model).spec(
+        input_shape=tuple(data.input_shape), num_classes=int(data.num_classes), **config.model_params)
+
+
+def build_model(config: TrainConfig, spec: Mapping[str, Any]) -> nn.Module:
+    """The freshly initialised module of ``spec`` for ``config``'s seed, init factor applied (on the CPU).
+
+    Seeds the global torch RNG with the run seed first, so the weights (and
+    the RNG state left behind, which dropout then draws from) depend on the
+    seed alone.
+    """
+    torch.manual_seed(config.seed)
+    model = plugins.get("models", config.model).build(spec)
+    scale_weight_matrices(model, spec["layers"], float(config.init_factor))
+    return model
+
+
+def step_plan(config: TrainConfig) -> tuple[int, int, int, list[int]]:
+    """(batch size, batches per epoch, total steps, schedule points in steps) of ``config``."""
+    batch = config.P if config.batch_size == "full" else min(int(config.batch_size), config.P)
+    per_epoch = math.ceil(config.P / batch)
+    if config.epochs is not None:
+        points = [e * per_epoch for e in parse_schedule(config.schedule, config.epochs)]
+        return batch, per_epoch, config.epochs * per_epoch, points
+    total = int(config.steps)  # type: ignore[arg-type]
+    return batch, per_epoch, total, parse_schedule(config.schedule, total)
+
+
 def prepare(config: TrainConfig, model_spec: Mapping[str, Any] | None = None) -> Training:
     """Validate ``config``, load the data, build the model and optimizer on the device.
 
@@ -107,28 +137,17 @@ def prepare(config: TrainConfig, model_spec: Mapping[str, Any] | None = None) ->
     before a run directory is created or a step is taken.
     """
     config.validate()
-    family = plugins.get("models", config.model)
+    plugins.get("models", config.model)
     plugins.get("datasets", config.dataset)  # unknown names fail before loading anything
     device = resolve_device(config.device)
     data = load_data(config)
     idx = subset_indices(len(data.x_train), config.P, config.seed)
-    spec = dict(model_spec) if model_spec is not None else family.spec(
-        input_shape=tuple(data.input_shape), num_classes=int(data.num_classes), **config.model_params)
-    torch.manual_seed(config.seed)
-    model = family.build(spec)
-    scale_weight_matrices(model, spec["layers"], float(config.init_factor))
-    model.to(device)
+    spec = dict(model_spec) if model_spec is not None else new_model_spec(config, data)
+    model = build_model(config, spec).to(device)
     x_train = data.x_train[idx].to(device)
-    batch = config.P if config.batch_size == "full" else min(int(config.batch_size), config.P)
-    per_epoch = math.ceil(config.P / batch)
-    if config.epochs is not None:
-        total = config.epochs * per_epoch
-        points = [e * per_epoch for e in parse_schedule(config.schedule, config.epochs)]
-    else:
-        total = int(config.steps)  # type: ignore[arg-type]
-        points = parse_schedule(config.schedule, total)
+    batch, per_epoch, total, points = step_plan(config)
     return Training(
-        config=config, device=device, model=model, optimizer=_optimizer(config, model),
+        config=config, device=device, model=model, optimizer=make_optimizer(config, model.parameters()),
         objective=objective_for(model, x_train), x_train=x_train, y_train=data.y_train[idx].to(device),
         x_test=data.x_test.to(device), y_test=data.y_test.to(device), exact_test_error=data.exact_test_error,
         batch_size=batch, batches_per_epoch=per_epoch, total_steps=total, points=points,

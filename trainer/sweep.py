@@ -8,11 +8,17 @@ of those lists, in file order. Each point is a task (a plain dict) run by
 :func:`run_sweep_task`, a top-level, idempotent function: it skips a complete
 run, resumes an unfinished one and trains a new one, so an interrupted sweep
 is continued by running it again.
+
+With ``ensemble`` set (``normdyn sweep --ensemble``), the grid points that
+differ only in seed form one task instead, run by :func:`run_ensemble_task`:
+their seeds train together (normdyn.trainer.ensemble), each into its own
+ordinary run, with the same skip and resume rules per run.
 """
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 from dataclasses import asdict, replace
 from typing import Any, Iterator, Mapping
@@ -23,9 +29,11 @@ from normdyn.core import plugins
 from normdyn.core.errors import ConfigError
 from normdyn.core.executor import map_tasks
 from normdyn.trainer.config import TrainConfig
+from normdyn.trainer.ensemble import train_ensemble_or_resume
 from normdyn.trainer.loop import train_or_resume
 
-__all__ = ["expand_grid", "sweep_tasks", "run_sweep_task", "run_sweep"]
+__all__ = ["expand_grid", "ensemble_groups", "sweep_tasks", "run_sweep_task", "run_ensemble_task", "run_task",
+           "run_sweep"]
 
 _NESTED = ("model_params", "dataset_params")
 
@@ -67,32 +75,74 @@ def expand_grid(doc: Mapping[str, Any], *, source: str = "sweep config") -> list
     return configs
 
 
-def sweep_tasks(configs: list[TrainConfig], *, store: str, progress: bool = True, jobs: int = 1,
-                device: str | None = None) -> list[dict[str, Any]]:
-    """One plain-dict task per config, all writing into ``store``.
+def ensemble_groups(configs: list[TrainConfig]) -> list[list[TrainConfig]]:
+    """The configs grouped by everything in their run id but the seed, in order of first appearance.
 
-    With several local workers on the CPU each gets an equal share of the
-    cores, so they do not fight over threads.
+    Only configs with ``ensemble`` set are grouped; every other config is a group of its own.
     """
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    groups: dict[str, list[TrainConfig]] = {}
+    for i, config in enumerate(configs):
+        key = (json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
+               if config.ensemble else f"single-{i}")
+        groups.setdefault(key, []).append(config)
+    return list(groups.values())
+
+
+def sweep_tasks(configs: list[TrainConfig], *, store: str, progress: bool = True, jobs: int = 1,
+                device: str | None = None, executor: str = "local") -> list[dict[str, Any]]:
+    """Plain-dict tasks writing into ``store``: one per config, or one per ensemble group of two or more.
+
+    With several local workers on this machine each gets an equal share of
+    its cores, so they do not fight over threads; Dask workers run elsewhere
+    (batch jobs set ``OMP_NUM_THREADS`` themselves), so this machine's core
+    count says nothing about theirs.
+    """
+    threads = max(1, (os.cpu_count() or 1) // jobs) if executor == "local" and jobs > 1 else 0
     tasks = []
-    for config in configs:
-        config = replace(config, store=store, device=device or config.device)
-        tasks.append({"config": asdict(config), "progress": progress, "threads": threads})
+    for group in ensemble_groups([replace(c, store=store, device=device or c.device) for c in configs]):
+        if len(group) == 1:
+            tasks.append({"config": asdict(group[0]), "progress": progress, "threads": threads})
+        else:
+            tasks.append({"configs": [asdict(c) for c in group], "progress": progress, "threads": threads})
     return tasks
+
+
+def _set_threads(task: Mapping[str, Any]) -> None:
+    if task.get("threads"):
+        torch.set_num_threads(int(task["threads"]))
 
 
 def run_sweep_task(task: Mapping[str, Any]) -> dict[str, str]:
     """Run one sweep task (train, resume or skip); return its run directory and action."""
-    if task.get("threads"):
-        torch.set_num_threads(int(task["threads"]))
+    _set_threads(task)
     config = TrainConfig.from_mapping(task["config"], source="sweep task")
     run, action = train_or_resume(config, progress=bool(task.get("progress", True)))
     return {"run_dir": str(run.path), "action": action, "run_id": run.run_id}
 
 
+def run_ensemble_task(task: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Run one ensemble task (its ``configs`` differ in seed only); one result dict per run, in order."""
+    _set_threads(task)
+    configs = [TrainConfig.from_mapping(c, source="sweep task") for c in task["configs"]]
+    results = train_ensemble_or_resume(configs, progress=bool(task.get("progress", True)))
+    return [{"run_dir": str(run.path), "action": action, "run_id": run.run_id} for run, action in results]
+
+
+def run_task(task: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Run a task of :func:`sweep_tasks`, single or ensemble; one result dict per run."""
+    return run_ensemble_task(task) if "configs" in task else [run_sweep_task(task)]
+
+
 def run_sweep(configs: list[TrainConfig], *, store: str, progress: bool = True, device: str | None = None,
               executor: str = "local", jobs: int = 1, **executor_options: Any) -> Iterator[tuple[dict[str, Any], Any]]:
-    """Run every config; yield (task, result dict or exception) as each finishes."""
-    tasks = sweep_tasks(configs, store=store, progress=progress, jobs=jobs, device=device)
-    yield from map_tasks(run_sweep_task, tasks, executor=executor, jobs=jobs, **executor_options)
+    """Run every config; yield (task, result dict or exception) per run as its task finishes.
+
+    The yielded task always has a single ``config``: an ensemble task is
+    reported run by run (its exception, if it raised, for each of its runs).
+    """
+    tasks = sweep_tasks(configs, store=store, progress=progress, jobs=jobs, device=device, executor=executor)
+    for task, outcome in map_tasks(run_task, tasks, executor=executor, jobs=jobs, **executor_options):
+        members = task["configs"] if "configs" in task else [task["config"]]
+        for i, config in enumerate(members):
+            single = {"config": config, "progress": task["progress"], "threads": task["threads"]}
+            yield single, outcome if isinstance(outcome, BaseException) else outcome[i]
