@@ -59,6 +59,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     # commands
     "normdyn.analyzers.perceptron_commands",
     "normdyn.analyzers.report_commands",
+    "normdyn.analyzers.demo_commands",
     "normdyn.trainer.commands",
     "normdyn.analyzers.fit_commands",
     "normdyn.analyzers.analyze_commands",

@@ -17,8 +17,8 @@ def new_axes(ncols: int = 1, width: float = 5.2, height: float = 3.8) -> tuple[A
 
     fig = Figure(figsize=(width * ncols, height))
     # Fixed margins instead of a layout engine: constrained layout measures every text extent and
-    # doubled the rendering time; these margins hold log-axis tick labels and one-line axis labels.
-    fig.subplots_adjust(left=0.13 / ncols ** 0.5, right=0.98, bottom=0.13, top=0.97, wspace=0.25)
+    # doubled the rendering time; these margins (inches) hold log-axis tick labels and one-line axis labels.
+    fig.subplots_adjust(left=0.95 / (width * ncols), right=0.98, bottom=0.55 / height, top=0.97, wspace=0.25)
     return fig, fig.subplots(1, ncols)
 
 
