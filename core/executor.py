@@ -24,6 +24,7 @@ Dask is imported inside functions only, so core imports without it.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -232,7 +233,9 @@ def _local(fn: Callable[[T], Any], tasks: list[T], jobs: int) -> Iterator[tuple[
             except Exception as exc:  # reported per task by the caller
                 yield task, exc
         return
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # forkserver, not fork: a child forked after torch has started its thread
+    # pool in this process can deadlock; workers import what the task needs.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
         futures = {pool.submit(fn, t): t for t in tasks}
         for fut in as_completed(futures):
             exc = fut.exception()
