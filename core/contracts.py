@@ -38,7 +38,8 @@ class DatasetTensors:
     """A whole dataset held as tensors (batches are indexed from these).
 
     ``exact_test_error``, when set, maps a model to its exact test error
-    (the teacher-student perceptron's arccos(R)/pi) instead of a test set.
+    (the teacher-student perceptron's arccos(R)/pi) instead of a test set,
+    or to None for a model the formula does not cover (the test set is used).
     """
 
     x_train: torch.Tensor
@@ -48,7 +49,7 @@ class DatasetTensors:
     num_classes: int
     input_shape: tuple[int, ...]
     spec: dict[str, Any] = field(default_factory=dict)
-    exact_test_error: Callable[["nn.Module"], float] | None = None
+    exact_test_error: Callable[["nn.Module"], float | None] | None = None
 
 
 @runtime_checkable

@@ -132,3 +132,13 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli, ["perceptron", "--out", str(tmp_path / "x"), "--alphas", "a,b"])
     assert bad.exit_code == 1
     assert bad.output.strip() == "Error: --alphas 'a,b': give comma-separated numbers, e.g. 0.5,1,2,4"
+
+
+def test_exact_test_error_covers_perceptrons_only() -> None:
+    """Another model trained on teacher data gets None: its error comes from the test set."""
+    from normdyn.core import plugins
+
+    data = plugins.get("datasets", "teacher").load(N=20, n_train=50, n_test=50)
+    mlp = plugins.get("models", "mlp")
+    model = mlp.build(mlp.spec(input_shape=(20,), num_classes=2, widths=[8]))
+    assert data.exact_test_error(model) is None

@@ -42,7 +42,7 @@ class Training:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    exact_test_error: Callable[[nn.Module], float] | None
+    exact_test_error: Callable[[nn.Module], float | None] | None
     batch_size: int
     batches_per_epoch: int
     total_steps: int
