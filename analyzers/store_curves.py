@@ -24,7 +24,9 @@ from normdyn.core.store import Run, scan_runs
 
 __all__ = ["GROUP_EXCLUDED_KEYS", "RunGroup", "store_groups", "store_curves"]
 
-GROUP_EXCLUDED_KEYS = ("seed", "P")
+# Keys that do not change the experiment: the seed and P (the grid's axes), and
+# where/how a run was computed (the trainer keeps the same ones out of run ids).
+GROUP_EXCLUDED_KEYS = ("seed", "P", "store", "data_root", "download", "device", "eval_batch_size", "ensemble")
 
 
 @dataclass
