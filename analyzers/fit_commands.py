@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
@@ -11,10 +12,11 @@ from normdyn.analyzers.fitting import FitOptions, FitResult, fit_curves, fit_sto
 from normdyn.core.atomic import write_bytes_atomic
 from normdyn.core.hookspecs import hookimpl
 
-__all__ = ["fit_command"]
+__all__ = ["fit_command", "law_options", "parse_where"]
 
 
-def _parse_where(items: tuple[str, ...]) -> dict[str, str]:
+def parse_where(items: tuple[str, ...]) -> dict[str, str]:
+    """``--where KEY=VALUE`` options as a dict (a malformed item is a usage error)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -24,22 +26,36 @@ def _parse_where(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+_LAW_OPTIONS = (
+    click.option("--where", multiple=True, metavar="KEY=VALUE",
+                 help="Keep runs whose config KEY equals VALUE (repeatable)."),
+    click.option("--grid", type=(float, float, int), default=None, metavar="A B N",
+                 help="Common grid: N points from 10^A to 10^B (default: the data's range, 50 points)."),
+    click.option("--window", type=(float, float), default=None, metavar="LO HI",
+                 help="Law-1 window in lambda/lambda* (default: chosen automatically)."),
+    click.option("--law1-min-P", "law1_min_P", type=int, default=None, help="Law 1 uses P >= this."),
+    click.option("--law2-min-P", "law2_min_P", type=int, default=None, help="Law 2 uses P >= this."),
+    click.option("--method", default="paper", show_default=True,
+                 help="Law-1 estimator: paper (mean of per-P slopes, the reference) or pooled (one OLS)."),
+)
+
+
+def law_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the run-selection and law-fit options shared by ``fit`` and ``report``
+    (--where, --grid, --window, --law1-min-P, --law2-min-P, --method)."""
+    for option in reversed(_LAW_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.command("fit")
 @click.argument("store", required=False, type=click.Path(file_okay=False))
 @click.option("--measure", help="Stored measure that plays lambda (with STORE).")
-@click.option("--where", multiple=True, metavar="KEY=VALUE", help="Keep runs whose config KEY equals VALUE (repeatable).")
 @click.option("--curves", "curves_csv", type=click.Path(dir_okay=False),
               help="CSV with P,seed,lambda,test_error (per-seed) or P,lambda,test_error (mean curves).")
 @click.option("--lambda-star", "lambda_star_csv", type=click.Path(dir_okay=False),
               help="CSV with P,lambda_star: replaces lambda* for law 2.")
-@click.option("--grid", type=(float, float, int), default=None, metavar="A B N",
-              help="Common grid: N points from 10^A to 10^B (default: the data's range, 50 points).")
-@click.option("--window", type=(float, float), default=None, metavar="LO HI",
-              help="Law-1 window in lambda/lambda* (default: chosen automatically).")
-@click.option("--law1-min-P", "law1_min_P", type=int, default=None, help="Law 1 uses P >= this.")
-@click.option("--law2-min-P", "law2_min_P", type=int, default=None, help="Law 2 uses P >= this.")
-@click.option("--method", default="paper", show_default=True,
-              help="Law-1 estimator: paper (mean of per-P slopes, the reference) or pooled (one OLS).")
+@law_options
 @click.option("--law2-offset", is_flag=True, help="Fit lambda*(P) = k2 P^gamma2 + c.")
 @click.option("--bootstrap", type=int, default=0, show_default=True, help="Seed-bootstrap replicates (0: none).")
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True, help="RNG seed of the bootstrap.")
@@ -63,7 +79,7 @@ def fit_command(store: str | None, measure: str | None, where: tuple[str, ...], 
         kwargs.update(lambda_star=read_lambda_star_csv(lambda_star_csv), lambda_star_source=lambda_star_csv)
     result: FitResult
     if store is not None:
-        result = fit_store(store, measure, where=_parse_where(where), **kwargs)  # type: ignore[arg-type]
+        result = fit_store(store, measure, where=parse_where(where), **kwargs)  # type: ignore[arg-type]
     else:
         result = fit_curves(read_curves_csv(curves_csv), **kwargs)  # type: ignore[arg-type]
         result.source = {"curves": curves_csv}

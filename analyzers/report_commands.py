@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from normdyn.analyzers.fit_commands import _parse_where
+from normdyn.analyzers.fit_commands import law_options, parse_where
 from normdyn.analyzers.fitting import FitOptions
 from normdyn.analyzers.report import ReportSummary, build_report
 from normdyn.core.hookspecs import hookimpl
@@ -59,15 +59,7 @@ def _command_line(params: dict[str, Any]) -> str:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write the report into.")
 @click.option("--measure", "measures", multiple=True,
               help="Measure that plays lambda (repeatable; default: every measure stored in the store).")
-@click.option("--where", multiple=True, metavar="KEY=VALUE", help="Keep runs whose config KEY equals VALUE (repeatable).")
-@click.option("--grid", type=(float, float, int), default=None, metavar="A B N",
-              help="Common grid: N points from 10^A to 10^B (default: the data's range, 50 points).")
-@click.option("--window", type=(float, float), default=None, metavar="LO HI",
-              help="Law-1 window in lambda/lambda* (default: chosen automatically).")
-@click.option("--law1-min-P", "law1_min_P", type=int, default=None, help="Law 1 uses P >= this.")
-@click.option("--law2-min-P", "law2_min_P", type=int, default=None, help="Law 2 uses P >= this.")
-@click.option("--method", default="paper", show_default=True,
-              help="Law-1 estimator: paper (mean of per-P slopes) or pooled (one OLS).")
+@law_options
 def report_command(stores: tuple[str, ...], out: str, measures: tuple[str, ...], where: tuple[str, ...],
                    grid: tuple[float, float, int] | None, window: tuple[float, float] | None,
                    law1_min_P: int | None, law2_min_P: int | None, method: str) -> None:
@@ -79,7 +71,7 @@ def report_command(stores: tuple[str, ...], out: str, measures: tuple[str, ...],
     params = dict(stores=stores, out=out, measures=measures, where=where, grid=grid, window=window,
                   law1_min_P=law1_min_P, law2_min_P=law2_min_P, method=method)
     options = FitOptions(window=window, law1_min_P=law1_min_P, law2_min_P=law2_min_P, method=method)
-    summary = build_report(list(stores), out, measures=list(measures), where=_parse_where(where),
+    summary = build_report(list(stores), out, measures=list(measures), where=parse_where(where),
                            fit_kwargs={"options": options, "grid": grid}, command_line=_command_line(params))
     echo_summary(summary)
     if summary.failed:
