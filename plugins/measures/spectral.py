@@ -10,6 +10,7 @@ last column when ``include_bias`` (default False, as in the paper). sigma_i is i
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -71,9 +72,7 @@ def bartlett(sigma: list[float], rows21: list[float]) -> float:
     """R = (prod_i sigma_i) * (sum_i (rows21_i / sigma_i)^(2/3))^(3/2); 0 if any sigma_i is 0."""
     if not sigma or min(sigma) == 0.0:
         return 0.0
-    prod = 1.0
-    for s in sigma:
-        prod *= s
+    prod = math.prod(sigma)
     return prod * sum((t / s) ** (2.0 / 3.0) for t, s in zip(rows21, sigma)) ** 1.5
 
 
@@ -81,9 +80,7 @@ def bartlett_dn(sigma: list[float], cols21: list[float]) -> float:
     """R_dn = (prod_i s_i) * (sum_i (sum_{j>i} t_j)^(2/3) / s_i^(2/3))^(3/2), t_j column (2,1)-norms."""
     if not sigma or min(sigma) == 0.0:
         return 0.0
-    prod = 1.0
-    for s in sigma:
-        prod *= s
+    prod = math.prod(sigma)
     total = 0.0
     for i, s in enumerate(sigma):
         total += sum(cols21[i + 1:]) ** (2.0 / 3.0) / s ** (2.0 / 3.0)
@@ -146,10 +143,7 @@ class SpectralProduct(_SpectralBase):
     name = "spectral_product"
 
     def compute(self, view: Any, state: dict[str, Any]) -> float:
-        prod = 1.0
-        for s in self._norms(view, state).sigma:
-            prod *= s
-        return prod
+        return math.prod(self._norms(view, state).sigma, start=1.0)
 
 
 @hookimpl
