@@ -16,8 +16,9 @@ from normdyn.core import plugins
 from normdyn.core.cli import cli
 from normdyn.core.errors import ConfigError, DataError
 from normdyn.core.sampling import subset_indices
+from normdyn.core.schedule import parse_schedule
 from normdyn.core.store import list_runs
-from normdyn.trainer.perceptron import PerceptronExperiment, run_experiment
+from normdyn.trainer.perceptron import KERNELS, PerceptronExperiment, run_experiment
 
 
 def _data_of(run: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,6 +51,56 @@ def test_first_step_is_hebb_and_error_matches_theory(tmp_path: Path) -> None:
         eps1.append(table["test_error"][1])
     # finite size: eps fluctuates by O(1/sqrt(N)) around the N -> infinity value
     assert np.mean(eps1) == pytest.approx(float(th.eps_hebb(1.0)), abs=0.03)
+
+
+def _reference_descent(x: torch.Tensor, y: torch.Tensor, alpha: float,
+                       exp: PerceptronExperiment) -> dict[int, torch.Tensor]:
+    """One system alone, torch.mv per product: v at every checkpoint step (the rule of trainer/perceptron.py)."""
+    P, N = x.shape
+    points = set(parse_schedule(exp.schedule, exp.steps))
+    v, eta, theta = torch.zeros(N, dtype=torch.float64), exp.lr0, math.inf
+    v_prev = g_prev = None
+    saved = {}
+    for step in range(exp.steps + 1):
+        lam = float(v.norm())
+        done = step == exp.steps or (step > 0 and lam >= exp.lam_stop * alpha)
+        if step in points or done:
+            saved[step] = v
+        if done:
+            return saved
+        g = torch.mv(x.T, -y * torch.special.expit(-y * torch.mv(x, v))) / P
+        if v_prev is not None:
+            dg = float((g - g_prev).norm())
+            curvature = exp.lr_safety * float((v - v_prev).norm()) / dg if dg > 0 else math.inf
+            relative = exp.max_rel_step * lam / float(g.norm())
+            new_eta = min(math.sqrt(1 + theta) * eta, curvature, relative)
+            theta, eta = new_eta / eta, new_eta
+        v_prev, g_prev, v = v, g, v - eta * g
+    raise AssertionError("unreachable: the last step always stops")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_batched_descent_matches_one_system_at_a_time(tmp_path: Path, kernel: str) -> None:
+    # Stops at lambda = 2 alpha (steps 98..141) and at the step limit (alpha = 4). Not longer: once the
+    # step exceeds the stability limit of the directions across the path, rounding grows ~10x per step
+    # (two one-system loops that differ only in the gradient's summation order part by 1e-6 at step
+    # 165 for alpha = 4, lam_stop = 3), so no two summation orders agree to 1e-10 there.
+    exp = PerceptronExperiment(N=40, alphas=(4.0, 0.5, 2.0, 1.0), seeds=(0, 1), steps=150, schedule="log:8",
+                               lam_stop=2.0, n_test=100)
+    summary = run_experiment(exp, tmp_path, kernel=kernel)
+    stops = set()
+    for run in list_runs(tmp_path):
+        x, y, _ = _data_of(run)
+        alpha = run.P / exp.N
+        expected = _reference_descent(torch.from_numpy(x), torch.from_numpy(y), alpha, exp)
+        table = run.checkpoints()
+        assert table["step"].tolist() == sorted(expected)
+        assert summary.steps[run.run_id] == max(expected)
+        for i, step in enumerate(table["step"]):
+            v = run.load_state_dict(i)["fc.weight"].double().ravel() / math.sqrt(exp.N)
+            assert torch.allclose(v, expected[int(step)], rtol=0, atol=1e-10), (run.run_id, int(step))
+        stops.add(max(expected))
+    assert len(stops) >= 5 and max(stops) == exp.steps  # by lambda at several steps, and by the step limit
 
 
 def test_gradient_descent_approaches_max_margin(tmp_path: Path) -> None:

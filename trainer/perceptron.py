@@ -1,5 +1,5 @@
 """The teacher-student perceptron experiment: every (seed, alpha) system
-trained in one process by full-batch gradient descent, written as ordinary runs.
+trained together by full-batch gradient descent, written as ordinary runs.
 
 Each system is the ``perceptron`` model on P = alpha N samples of the
 ``teacher`` dataset (the first P of the seed's permutation of the pool, as
@@ -28,12 +28,36 @@ time reparametrised. The equivalent step on w is N eta_k.
 
 A system stops once lambda >= ``lam_stop`` * alpha (the theory's
 lambda* is about 1.8 alpha, so the default 6 alpha is about 3.3 lambda*), or
-after ``steps`` steps; its last state is always checkpointed.
+after ``steps`` steps; its last state is always checkpointed, and from then on
+its weights are frozen.
 
-Vectorisation: all systems advance together step by step; the matrix-vector
-products use one BLAS call per system (torch.mv on the nested row block of
-the seed's data). On a 2-core CPU this beat batched (bmm) and multi-right-hand
--side products, which BLAS runs 2-8x slower per element for such thin shapes.
+Vectorisation (:class:`BatchedDescent`). The state of all S x A systems is
+held in tensors: V, the gradients and the previous V and gradient as
+(S, A, N), the step sizes as (S, A); the step rule above is applied to all of
+them at once, masked to the systems still running, with one host
+synchronisation per step (the stop test). The inputs are stored once per seed
+as Z = y * X (S, P_max, N; y = +-1, so y (X v) = Z v exactly). Within a seed the
+training sets are nested: rows [P_{a-1}, P_a) of Z ("block a") are used by the
+alphas >= a, so the margins and gradients of all alphas need each block once,
+and no product is done on rows a system does not own. Two kernels evaluate
+these block products (``kernel``):
+
+- ``blocked-bmm`` (default on CUDA): per block, one ``bmm`` over the seed axis
+  for the margins of the alphas >= a and one for their gradient contribution:
+  2 A kernel launches per step, whatever S.
+- ``chunked-mv`` (default on CPU): the blocks cut into chunks of about
+  ``CHUNK_BYTES``; per chunk and running system, the margins (``mv``), the
+  residuals and the gradient contribution (``addmv``) while the chunk is in
+  cache, so Z is read from memory once per step instead of twice per system.
+
+Measured on the 2-core CPU (AMD EPYC, MKL, float64, N = 1000, P_max = 16000,
+3 seeds): reading Z is memory-bound (a ``mv`` over 128 MB takes 18 ms, about
+7 GB/s). ``bmm`` and multi-column GEMMs on these thin shapes run 2-3x slower
+than the same work as ``mv`` (MKL packs the large operand), and a padded
+variant (one ``bmm`` of all A columns over all P_max rows, residuals masked)
+does 3x the arithmetic and was slower still; the fused chunked ``mv`` pass
+beats two unfused ``mv`` passes by 1.5x. ``benchmarks/perceptron_bench.py``
+times both kernels against the former one-system-at-a-time loop.
 """
 from __future__ import annotations
 
@@ -43,7 +67,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -53,7 +77,13 @@ from normdyn.core.sampling import subset_indices
 from normdyn.core.schedule import parse_schedule
 from normdyn.core.store import Run
 
-__all__ = ["PerceptronExperiment", "ExperimentSummary", "run_experiment", "run_id"]
+__all__ = ["PerceptronExperiment", "ExperimentSummary", "BatchedDescent", "KERNELS", "default_kernel",
+           "run_experiment", "run_id"]
+
+#: The block-product kernels of :class:`BatchedDescent` (module docstring).
+KERNELS = ("chunked-mv", "blocked-bmm")
+#: Chunk size of ``chunked-mv``: a few MB stay in the last-level cache between the two passes.
+CHUNK_BYTES = 4 << 20
 
 
 @dataclass
@@ -73,6 +103,7 @@ class PerceptronExperiment:
     max_rel_step: float = 0.05                      # rho in eta_k <= rho |v_k| / |g_k|
     lam_stop: float = 6.0                           # stop a system once lambda >= lam_stop * alpha
     n_test: int = 1000                              # test samples (the test loss; the test error is exact)
+    device: str = "cpu"                             # where the systems are trained (cpu | cuda | cuda:K)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the config, e.g. {"mode": "quick"}
 
     def validate(self) -> None:
@@ -93,6 +124,15 @@ class PerceptronExperiment:
                               f"lam_stop={self.lam_stop}: need lr0 > 0, 0 < lr_safety <= 1, max_rel_step > 0, "
                               f"lam_stop > 0")
         parse_schedule(self.schedule, self.steps)
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(f"device={self.device!r}: use cpu, cuda or cuda:K") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={self.device!r}: CUDA is not available here (torch.cuda.is_available() is "
+                              f"False); use cpu")
+        if device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device={self.device!r}: use cpu, cuda or cuda:K")
 
     def P(self, alpha: float) -> int:
         """The number of samples at load alpha: round(alpha N)."""
@@ -111,7 +151,7 @@ class PerceptronExperiment:
                 "optimizer": "gd-adaptive-mm", "batch_size": "full", "lr0": self.lr0, "lr_safety": self.lr_safety,
                 "max_rel_step": self.max_rel_step,
                 "steps": self.steps, "schedule": self.schedule, "lam_stop": self.lam_stop, "init": "zero",
-                **self.extra}
+                "device": self.device, **self.extra}
 
 
 @dataclass
@@ -129,64 +169,135 @@ def run_id(alpha: float, seed: int) -> str:
     return f"perceptron-alpha{alpha:g}-seed{seed}"
 
 
-class _System:
-    """One (seed, alpha) system: its data block, weights and step-size state."""
+def default_kernel(device: str | torch.device) -> str:
+    """``chunked-mv`` on CPU, ``blocked-bmm`` elsewhere (measurements: module docstring)."""
+    return "chunked-mv" if torch.device(device).type == "cpu" else "blocked-bmm"
 
-    def __init__(self, run: Run, x: torch.Tensor, y: torch.Tensor, alpha: float, lr0: float):
-        self.run, self.x, self.y, self.alpha = run, x, y, alpha
-        self.P, self.N = x.shape
-        self.v = torch.zeros(self.N, dtype=torch.float64)
-        self.eta, self.theta = lr0, math.inf
+
+class BatchedDescent:
+    """S x A perceptrons trained together: seed s, system a uses rows [0, P[a]) of ``Z[s]``.
+
+    ``Z`` (S, P_max, N) holds y_mu x_mu per row, ``P`` the increasing sample
+    counts; the state lives on ``Z``'s device. A round is :meth:`products`
+    (margins and gradients at the current V of the systems in ``running``),
+    then :meth:`step` (the adaptive step of the module docstring for the
+    systems in ``moving``; the others keep V, eta and theta unchanged).
+    """
+
+    def __init__(self, Z: torch.Tensor, P: Sequence[int], *, lr0: float, safety: float, rho: float,
+                 kernel: str) -> None:
+        if kernel not in KERNELS:
+            raise ConfigError(f"kernel={kernel!r}: use one of {', '.join(KERNELS)}")
+        S, P_max, N = Z.shape
+        if list(P) != sorted(set(P)) or P[-1] != P_max or P[0] < 1:
+            raise ConfigError(f"P={list(P)}: need increasing sample counts ending at Z's {P_max} rows")
+        self.Z, self.P, self.kernel = Z, list(P), kernel
+        self.safety, self.rho = safety, rho
+        opts = {"dtype": Z.dtype, "device": Z.device}
+        A = len(self.P)
+        self.V = torch.zeros(S, A, N, **opts)
+        self.G = torch.zeros(S, A, N, **opts)       # sum_mu -y_mu x_mu sigma(-m_mu): P times the gradient
+        self.M = torch.zeros(S, A, P_max, **opts)   # margins y_mu v.x_mu; row mu valid for mu < P[a]
+        self.eta = torch.full((S, A), lr0, **opts)
+        self.theta = torch.full((S, A), math.inf, **opts)
         self.v_prev: torch.Tensor | None = None
         self.g_prev: torch.Tensor | None = None
-        self.steps = 0
+        self._P = torch.tensor(self.P, **opts).reshape(1, A, 1)
+        starts = [0, *self.P[:-1]]
+        self.blocks = [(a, lo, hi) for a, (lo, hi) in enumerate(zip(starts, self.P))]
+        rows = max(1, CHUNK_BYTES // (Z.element_size() * N))
+        self.chunks = [(a, c, min(c + rows, hi)) for a, lo, hi in self.blocks for c in range(lo, hi, rows)]
 
-    def lam(self) -> float:
-        return float(torch.linalg.vector_norm(self.v))
+    def lam(self) -> torch.Tensor:
+        """lambda = |v| of every system, (S, A)."""
+        return torch.linalg.vector_norm(self.V, dim=-1)
 
-    def margins(self) -> torch.Tensor:
-        return self.y * torch.mv(self.x, self.v)
+    def gradient(self) -> torch.Tensor:
+        """The gradient of the mean loss at the current V, (S, A, N), from the last :meth:`products`."""
+        return self.G / self._P
 
-    def step(self, m: torch.Tensor, safety: float, rho: float) -> None:
-        """One gradient step from the current margins ``m`` (step-size rule: module docstring)."""
-        g = torch.mv(self.x.T, -self.y * torch.special.expit(-m)) / self.P
-        if self.v_prev is not None:
-            dg = float(torch.linalg.vector_norm(g - self.g_prev))
-            curvature = safety * float(torch.linalg.vector_norm(self.v - self.v_prev)) / dg if dg > 0 else math.inf
-            g_norm = float(torch.linalg.vector_norm(g))
-            relative = rho * self.lam() / g_norm if g_norm > 0 else math.inf
-            eta = min(math.sqrt(1 + self.theta) * self.eta, curvature, relative)
-            self.theta, self.eta = eta / self.eta, eta
-        self.v_prev, self.g_prev = self.v, g
-        self.v = self.v - self.eta * g
-        self.steps += 1
-        if not bool(torch.isfinite(self.v).all()):
-            raise ConfigError(f"{self.run.run_id}: the weights became non-finite at step {self.steps}")
+    def products(self, running: Sequence[Sequence[bool]]) -> None:
+        """Fill the margins ``M`` and ``G`` of the systems ``running[s][a]`` (host booleans) at the current V."""
+        if self.kernel == "chunked-mv":
+            self._chunked_mv(running)
+        else:
+            self._blocked_bmm(running)
+
+    def _chunked_mv(self, running: Sequence[Sequence[bool]]) -> None:
+        self.G.zero_()
+        for s, row in enumerate(running):
+            for first, lo, hi in self.chunks:
+                systems = [a for a in range(first, len(self.P)) if row[a]]
+                if not systems:
+                    continue
+                z = self.Z[s, lo:hi]
+                for a in systems:
+                    m = self.M[s, a, lo:hi]
+                    torch.mv(z, self.V[s, a], out=m)
+                    self.G[s, a].addmv_(z.T, torch.special.expit(-m), alpha=-1)
+
+    def _blocked_bmm(self, running: Sequence[Sequence[bool]]) -> None:
+        # systems of any seed are computed together; those stopped in one seed are masked in step()
+        alive = [a for a in range(len(self.P)) if any(row[a] for row in running)]
+        if not alive:
+            return
+        self.G.zero_()
+        for first, lo, hi in self.blocks:
+            a0 = max(first, alive[0])
+            if a0 > alive[-1]:
+                continue
+            z = self.Z[:, lo:hi]
+            m = torch.bmm(self.V[:, a0:], z.transpose(1, 2))
+            self.M[:, a0:, lo:hi] = m
+            self.G[:, a0:].baddbmm_(torch.special.expit(-m), z, alpha=-1)
+
+    def step(self, moving: torch.Tensor) -> None:
+        """One gradient step of the systems ``moving`` (S, A bool on the device); the rest are frozen."""
+        g = self.gradient()
+        if self.v_prev is not None and self.g_prev is not None:
+            dg = torch.linalg.vector_norm(g - self.g_prev, dim=-1)
+            dv = torch.linalg.vector_norm(self.V - self.v_prev, dim=-1)
+            curvature = torch.where(dg > 0, self.safety * dv / dg, math.inf)
+            g_norm = torch.linalg.vector_norm(g, dim=-1)
+            relative = torch.where(g_norm > 0, self.rho * self.lam() / g_norm, math.inf)
+            eta = torch.minimum(torch.minimum(torch.sqrt(1 + self.theta) * self.eta, curvature), relative)
+            self.theta = torch.where(moving, eta / self.eta, self.theta)
+            self.eta = torch.where(moving, eta, self.eta)
+        self.v_prev, self.g_prev = self.V, g
+        self.V = torch.where(moving.unsqueeze(-1), self.V - self.eta.unsqueeze(-1) * g, self.V)
 
 
-def _checkpoint(sys_: _System, step: int, m: torch.Tensor, module: torch.nn.Module, data: Any,
+def _checkpoint(run: Run, step: int, v: torch.Tensor, m: torch.Tensor, y: torch.Tensor, lr: float,
+                module: torch.nn.Module, data: Any, test: tuple[torch.Tensor, torch.Tensor],
                 writer: ThreadPoolExecutor) -> Future[int]:
-    """Metrics now (the shared module is not thread-safe), the store write in ``writer``."""
-    w = (sys_.v * math.sqrt(sys_.N)).reshape(1, -1)
+    """Metrics now (the shared module is not thread-safe), the store write in ``writer``.
+
+    ``v`` is the system's weight vector on v's scale, ``m`` its P margins,
+    ``y`` its P labels (+-1) and ``test`` the float64 test inputs and labels, all on the CPU.
+    """
+    w = (v * math.sqrt(len(v))).reshape(1, -1)
     module.load_state_dict({"fc.weight": w})
     with torch.no_grad():
-        test_logit = module(data.x_test.double()).flatten()
+        test_logit = module(test[0]).flatten()
         test_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(
-            test_logit, data.y_test.double())) if len(test_logit) else math.nan
-    logit = sys_.y * m  # y = +-1
-    metrics = {"train_error": float(((logit > 0) != (sys_.y > 0)).double().mean()),
+            test_logit, test[1])) if len(test_logit) else math.nan
+    logit = y * m  # y = +-1
+    metrics = {"train_error": float(((logit > 0) != (y > 0)).double().mean()),
                "train_loss": float(torch.nn.functional.softplus(-m).mean()),
-               "test_error": data.exact_test_error(module), "test_loss": test_loss, "lr": sys_.eta}
-    return writer.submit(sys_.run.append_checkpoint, {"fc.weight": w}, step=step, epoch=float(step),
-                         samples_seen=step * sys_.P, metrics=metrics)
+               "test_error": data.exact_test_error(module), "test_loss": test_loss, "lr": lr}
+    return writer.submit(run.append_checkpoint, {"fc.weight": w}, step=step, epoch=float(step),
+                         samples_seen=step * len(m), metrics=metrics)
 
 
 def run_experiment(exp: PerceptronExperiment, store: str | os.PathLike[str],
-                   progress: Callable[[int, int], None] | None = None) -> ExperimentSummary:
+                   progress: Callable[[int, int], None] | None = None, *,
+                   kernel: str | None = None) -> ExperimentSummary:
     """Train every (seed, alpha) system of ``exp`` into ``store``; return the runs and timings.
 
-    ``progress(step, active)`` is called after every step. Existing runs are
-    never overwritten: a run id already in ``store`` is an error.
+    ``progress(step, running)`` is called after every step. ``kernel`` picks
+    the block products (:data:`KERNELS`; default :func:`default_kernel` of
+    ``exp.device``): the results agree to rounding. Existing runs are never
+    overwritten: a run id already in ``store`` is an error.
     """
     exp.validate()
     t0 = time.perf_counter()
@@ -195,51 +306,69 @@ def run_experiment(exp: PerceptronExperiment, store: str | os.PathLike[str],
     family = plugins.get("models", "perceptron")
     model_spec = family.spec(input_shape=(exp.N,), num_classes=2)
     module = family.build(model_spec).double()
+    test = (data.x_test.double(), data.y_test.double())
     points = set(parse_schedule(exp.schedule, exp.steps))
-    P_max = max(exp.P(a) for a in exp.alphas)
+    alphas = sorted(exp.alphas)
+    Ps = [exp.P(a) for a in alphas]
     for seed in exp.seeds:
-        for alpha in exp.alphas:
+        for alpha in alphas:
             if (Path(store) / run_id(alpha, seed)).exists():
                 raise ConfigError(f"{Path(store) / run_id(alpha, seed)} already exists; choose an empty --out")
-    systems: list[_System] = []
+    ys, Zs = [], []
     for seed in exp.seeds:
-        idx = subset_indices(len(data.x_train), P_max, seed)  # nested: P's samples are the first P of these
-        x = data.x_train[idx].double()
+        idx = subset_indices(len(data.x_train), Ps[-1], seed)  # nested: P's samples are the first P of these
         y = data.y_train[idx].double() * 2 - 1
-        for alpha in sorted(exp.alphas):
-            P = exp.P(alpha)
-            run = Run.create(store, run_id(alpha, seed), config=exp.run_config(P, seed), model_spec=model_spec,
-                             dataset=spec, P=P, seed=seed)
-            systems.append(_System(run, x[:P], y[:P], alpha, exp.lr0))
-    active = list(systems)
-    # one writer thread: the index fsyncs overlap the next steps' BLAS calls, in order per run
+        ys.append(y)
+        Zs.append(y.unsqueeze(1) * data.x_train[idx].double())  # y = +-1: exact
+    runs = [[Run.create(store, run_id(alpha, seed), config=exp.run_config(P, seed), model_spec=model_spec,
+                        dataset=spec, P=P, seed=seed) for alpha, P in zip(alphas, Ps)] for seed in exp.seeds]
+    device = torch.device(exp.device)
+    gd = BatchedDescent(torch.stack(Zs).to(device), Ps, lr0=exp.lr0, safety=exp.lr_safety, rho=exp.max_rel_step,
+                        kernel=kernel or default_kernel(device))
+    del Zs
+    lam_stop = exp.lam_stop * torch.tensor(alphas, dtype=torch.float64, device=device)
+    running = [[True] * len(alphas) for _ in exp.seeds]
+    steps = [[0] * len(alphas) for _ in exp.seeds]
+    # one writer thread: the index fsyncs overlap the next steps' products, in order per run
     writer = ThreadPoolExecutor(max_workers=1)
     pending: list[Future[Any]] = []
     try:
         for step in range(exp.steps + 1):
-            still = []
-            for s in active:
-                m = s.margins()
-                done = step == exp.steps or (step > 0 and s.lam() >= exp.lam_stop * s.alpha)
-                if step in points or done:
-                    pending.append(_checkpoint(s, step, m, module, data, writer))
-                if done:
-                    pending.append(writer.submit(s.run.set_status, "complete"))
-                    continue
-                s.step(m, exp.lr_safety, exp.max_rel_step)
-                still.append(s)
-            active = still
+            gd.products(running)
+            lam = gd.lam()
+            done = torch.full_like(lam, step == exp.steps, dtype=torch.bool) | ((lam >= lam_stop) & (step > 0))
+            lam_host, done_host = lam.cpu().tolist(), done.cpu().tolist()  # the step's one synchronisation
+            for s, seed in enumerate(exp.seeds):
+                for a, alpha in enumerate(alphas):
+                    if not running[s][a]:
+                        continue
+                    if not math.isfinite(lam_host[s][a]):
+                        raise ConfigError(f"{runs[s][a].run_id}: the weights became non-finite at step {step}")
+                    if step in points or done_host[s][a]:
+                        pending.append(_checkpoint(runs[s][a], step, gd.V[s, a].cpu(), gd.M[s, a, :Ps[a]].cpu(),
+                                                   ys[s][:Ps[a]], float(gd.eta[s, a]), module, data, test, writer))
+                    if done_host[s][a]:
+                        pending.append(writer.submit(runs[s][a].set_status, "complete"))
+                        running[s][a] = False
+                    else:
+                        steps[s][a] += 1
+            n_running = sum(map(sum, running))
+            if n_running:
+                gd.step(torch.tensor(running, device=device))
             if progress is not None:
-                progress(step, len(active))
-            if not active:
+                progress(step, n_running)
+            if not n_running:
                 break
         for fut in pending:
             fut.result()
     except BaseException:
         writer.shutdown(wait=True)
-        for s in active:
-            s.run.set_status("failed")
+        for s in range(len(exp.seeds)):
+            for a in range(len(alphas)):
+                if running[s][a]:
+                    runs[s][a].set_status("failed")
         raise
     writer.shutdown(wait=True)
-    return ExperimentSummary([s.run.path for s in systems], {s.run.run_id: s.steps for s in systems},
+    flat = [(runs[s][a], steps[s][a]) for s in range(len(exp.seeds)) for a in range(len(alphas))]
+    return ExperimentSummary([r.path for r, _ in flat], {r.run_id: n for r, n in flat},
                              time.perf_counter() - t0, asdict(exp))
