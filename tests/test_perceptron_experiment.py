@@ -18,7 +18,7 @@ from normdyn.core.errors import ConfigError, DataError
 from normdyn.core.sampling import subset_indices
 from normdyn.core.schedule import parse_schedule
 from normdyn.core.store import list_runs
-from normdyn.trainer.perceptron import KERNELS, PerceptronExperiment, run_experiment
+from normdyn.trainer.perceptron import KERNELS, BatchedDescent, PerceptronExperiment, run_experiment
 
 
 def _data_of(run: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,6 +160,15 @@ def test_bad_inputs_name_the_value() -> None:
         plugins.get("models", "perceptron").spec(input_shape=(5,), num_classes=10)
     with pytest.raises(ConfigError, match="alphas"):
         PerceptronExperiment(alphas=(0.0,)).validate()
+    for device in ("tpu", "meta", "cuda:x"):
+        with pytest.raises(ConfigError, match=f"device='{device}': use cpu, cuda or cuda:K"):
+            PerceptronExperiment(device=device).validate()
+    with pytest.raises(ConfigError, match="kernel='gemm': use one of chunked-mv, blocked-bmm"):
+        BatchedDescent(torch.zeros(1, 4, 3, dtype=torch.float64), [2, 4], lr0=0.1, safety=0.5, rho=0.05,
+                       kernel="gemm")
+    with pytest.raises(ConfigError, match=r"P=\[4, 2\]: need increasing sample counts ending at Z's 4 rows"):
+        BatchedDescent(torch.zeros(1, 4, 3, dtype=torch.float64), [4, 2], lr0=0.1, safety=0.5, rho=0.05,
+                       kernel="chunked-mv")
 
 
 def test_cli_end_to_end(tmp_path: Path) -> None:

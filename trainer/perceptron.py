@@ -50,14 +50,18 @@ these block products (``kernel``):
   residuals and the gradient contribution (``addmv``) while the chunk is in
   cache, so Z is read from memory once per step instead of twice per system.
 
-Measured on the 2-core CPU (AMD EPYC, MKL, float64, N = 1000, P_max = 16000,
-3 seeds): reading Z is memory-bound (a ``mv`` over 128 MB takes 18 ms, about
-7 GB/s). ``bmm`` and multi-column GEMMs on these thin shapes run 2-3x slower
-than the same work as ``mv`` (MKL packs the large operand), and a padded
-variant (one ``bmm`` of all A columns over all P_max rows, residuals masked)
-does 3x the arithmetic and was slower still; the fused chunked ``mv`` pass
-beats two unfused ``mv`` passes by 1.5x. ``benchmarks/perceptron_bench.py``
-times both kernels against the former one-system-at-a-time loop.
+Measured on the 2-core CPU (AMD EPYC, MKL, float64, N = 1000, alphas
+0.5..16, 3 seeds; ``benchmarks/perceptron_bench.py``): reading Z is
+memory-bound (one ``mv`` pass over a seed's 128 MB takes about 18 ms).
+``chunked-mv`` takes 127 ms per step on the whole grid against 210 ms for the
+former loop of one ``mv`` pair per system (1.55x), and 83 against 91 ms when
+only the largest alpha runs. ``blocked-bmm`` takes 354 ms there: thin ``bmm``
+and GEMM calls run slower than the same work as ``mv`` (MKL packs the large
+operand); a padded variant (one ``bmm`` of all A columns over all P_max rows,
+residuals masked) does 3x the arithmetic and took 558 ms against 138 ms.
+On a GPU a step's memory traffic takes well under a millisecond, so the
+fewest launches should win, hence ``blocked-bmm`` there; that choice is not
+measured yet (no GPU here): ``perceptron_bench.py --device cuda`` times both.
 """
 from __future__ import annotations
 
@@ -128,11 +132,11 @@ class PerceptronExperiment:
             device = torch.device(self.device)
         except RuntimeError:
             raise ConfigError(f"device={self.device!r}: use cpu, cuda or cuda:K") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device={self.device!r}: use cpu, cuda or cuda:K")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device={self.device!r}: CUDA is not available here (torch.cuda.is_available() is "
                               f"False); use cpu")
-        if device.type not in ("cpu", "cuda"):
-            raise ConfigError(f"device={self.device!r}: use cpu, cuda or cuda:K")
 
     def P(self, alpha: float) -> int:
         """The number of samples at load alpha: round(alpha N)."""
@@ -314,18 +318,18 @@ def run_experiment(exp: PerceptronExperiment, store: str | os.PathLike[str],
         for alpha in alphas:
             if (Path(store) / run_id(alpha, seed)).exists():
                 raise ConfigError(f"{Path(store) / run_id(alpha, seed)} already exists; choose an empty --out")
-    ys, Zs = [], []
-    for seed in exp.seeds:
+    ys = []
+    Z = torch.empty(len(exp.seeds), Ps[-1], exp.N, dtype=torch.float64)
+    for s, seed in enumerate(exp.seeds):
         idx = subset_indices(len(data.x_train), Ps[-1], seed)  # nested: P's samples are the first P of these
-        y = data.y_train[idx].double() * 2 - 1
-        ys.append(y)
-        Zs.append(y.unsqueeze(1) * data.x_train[idx].double())  # y = +-1: exact
+        ys.append(data.y_train[idx].double() * 2 - 1)
+        torch.mul(ys[s].unsqueeze(1), data.x_train[idx].double(), out=Z[s])  # y = +-1: exact
     runs = [[Run.create(store, run_id(alpha, seed), config=exp.run_config(P, seed), model_spec=model_spec,
                         dataset=spec, P=P, seed=seed) for alpha, P in zip(alphas, Ps)] for seed in exp.seeds]
     device = torch.device(exp.device)
-    gd = BatchedDescent(torch.stack(Zs).to(device), Ps, lr0=exp.lr0, safety=exp.lr_safety, rho=exp.max_rel_step,
+    gd = BatchedDescent(Z.to(device), Ps, lr0=exp.lr0, safety=exp.lr_safety, rho=exp.max_rel_step,
                         kernel=kernel or default_kernel(device))
-    del Zs
+    del Z  # on a GPU, the host copy
     lam_stop = exp.lam_stop * torch.tensor(alphas, dtype=torch.float64, device=device)
     running = [[True] * len(alphas) for _ in exp.seeds]
     steps = [[0] * len(alphas) for _ in exp.seeds]
