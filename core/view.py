@@ -19,6 +19,7 @@ import torch
 
 from normdyn.core import plugins
 from normdyn.core.checkpoint import CheckpointFile
+from normdyn.core.datasets import load_dataset
 from normdyn.core.errors import DataError, MeasureError, StoreError
 from normdyn.core.layers import LayerSpec
 from normdyn.core.sampling import subset_indices
@@ -143,7 +144,7 @@ class RunContext:
                 raise DataError("this measure needs data, but the run has no dataset spec (run.dataset['name'])")
             root = spec.pop("root", None) if self.data_root is None else self.data_root
             spec.pop("root", None)
-            tensors = plugins.get("datasets", str(name)).load(root=root, **spec)
+            tensors = load_dataset(str(name), root=root, params=spec)
             if split == "train":
                 x, y = tensors.x_train, tensors.y_train
                 if self.P:

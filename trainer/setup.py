@@ -15,6 +15,7 @@ from torch import nn
 
 from normdyn.core import plugins
 from normdyn.core.contracts import DatasetTensors
+from normdyn.core.datasets import load_dataset
 from normdyn.core.errors import ConfigError
 from normdyn.core.sampling import subset_indices
 from normdyn.core.schedule import parse_schedule
@@ -89,8 +90,8 @@ def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor]) -> torch
 
 def load_data(config: TrainConfig) -> DatasetTensors:
     """The whole dataset of ``config`` (through the dataset plugin)."""
-    source = plugins.get("datasets", config.dataset)
-    return source.load(root=config.data_root, download=config.download, **config.dataset_params)
+    return load_dataset(config.dataset, root=config.data_root, download=config.download,
+                        params=config.dataset_params)
 
 
 def dataset_spec(config: TrainConfig) -> dict[str, Any]:
