@@ -341,7 +341,7 @@ def run_experiment(exp: PerceptronExperiment, store: str | os.PathLike[str],
             gd.products(running)
             lam = gd.lam()
             done = torch.full_like(lam, step == exp.steps, dtype=torch.bool) | ((lam >= lam_stop) & (step > 0))
-            lam_host, done_host = lam.cpu().tolist(), done.cpu().tolist()  # the step's one synchronisation
+            lam_host, done_host = torch.stack((lam, done.to(lam.dtype))).cpu().tolist()  # the one synchronisation
             for s, seed in enumerate(exp.seeds):
                 for a, alpha in enumerate(alphas):
                     if not running[s][a]:
