@@ -16,10 +16,10 @@ from normdyn.core.store import list_runs
 
 
 def tiny_plan(seed: int = 0) -> DemoPlan:
-    """The demo's plan shrunk to seconds: 3 P x 2 seeds of a 16-unit MLP, 3 x 1 perceptrons."""
+    """The demo's plan shrunk to seconds: 3 P x 2 seeds of a 4-channel CNN1d, 3 x 1 perceptrons."""
     plan = demo_plan(quick=True, seed=seed)
-    train = {**plan.train, "model_params": {"widths": [16]}, "steps": 60, "schedule": "log:8",
-             "dataset_params": {"num_samples": 1000}}
+    train = {**plan.train, "model_params": {"channels": [4, 4]}, "steps": 60, "schedule": "log:8",
+             "dataset_params": {**plan.train["dataset_params"], "num_samples": 1000}}
     perceptron = replace(plan.perceptron, N=40, alphas=(1.0, 2.0, 4.0), seeds=(seed,), steps=200,
                          schedule=perceptron_schedule(12, 200))
     return replace(plan, P=(100, 200, 400), seeds=(seed, seed + 1), train=train, perceptron=perceptron)
@@ -38,6 +38,7 @@ def test_demo_writes_stores_and_report(demo: dict) -> None:
     mnist = list_runs(out / "stores" / "mnist1d")
     assert sorted((r.P, r.seed) for r in mnist) == [(p, s) for p in (100, 200, 400) for s in (0, 1)]
     assert all(r.status == "complete" and "spectral_complexity" in r.measures() for r in mnist)
+    assert all(r.dataset["label_noise"] == 0.2 and r.model_spec["name"] == "cnn1d" for r in mnist)
     perceptrons = list_runs(out / "stores" / "perceptron")
     assert sorted(r.P for r in perceptrons) == [40, 80, 160]
     assert all("perceptron_lambda" in r.measures() for r in perceptrons)
