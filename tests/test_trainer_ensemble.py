@@ -73,6 +73,22 @@ def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a)
 
 
+def assert_same_resume_state(run: Run, alone: Run) -> None:
+    """The resume state a seed's ensemble run saved is its separate run's: the same JSON (optimizer
+    options and position), the same tensors by name, the RNG and data-order states bit for bit, the
+    optimizer's moments within the weights' tolerance."""
+    (ours, ours_meta), (theirs, theirs_meta) = run.load_resume(), alone.load_resume()
+    assert ours_meta == theirs_meta
+    assert ours_meta["optimizer"]["param_groups"][0]["fused"] is None  # torch's default, as a separate run
+    assert sorted(ours) == sorted(theirs)
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype and ours[name].shape == tensor.shape
+        if name.startswith("optim."):
+            assert max_rel_diff({name: ours[name]}, {name: tensor}) < REL_TOL
+        else:
+            assert torch.equal(ours[name], tensor), name
+
+
 @pytest.mark.parametrize(("model", "optimizer"), [("mlp", "adam"), ("mlp", "sgd"), ("cnn", "adamw")])
 def test_each_seed_matches_its_separate_run(tmp_path: Path, model: str, optimizer: str) -> None:
     members = configs(tmp_path / "ens", model=model, optimizer=optimizer)
@@ -92,6 +108,7 @@ def test_each_seed_matches_its_separate_run(tmp_path: Path, model: str, optimize
             assert ours[column] == pytest.approx(theirs[column], rel=REL_TOL)
         for column in ("train_error", "test_error"):
             assert list(ours[column]) == list(theirs[column])
+        assert_same_resume_state(run, alone)
     assert max_rel_diff(results[0][0].load_state_dict(-1), results[1][0].load_state_dict(-1)) > 0.1  # seeds differ
 
 

@@ -4,21 +4,34 @@ Every seed is built exactly as its separate run builds it (same seed, same
 init, same P-subset, same data-order generator), then the S modules'
 parameters are stacked along a new leading dimension
 (``torch.func.stack_module_state``). One step gathers each seed's batch by
-index from the training tensors on the device, computes all S gradients at
-once with ``vmap(grad(loss))`` over (parameters, buffers, inputs, labels),
-and takes one optimizer step over the stacked tensors. Adam, AdamW and SGD
-with momentum act elementwise, so one optimizer over the stacked tensors is
-S independent optimizers (their step counter is shared: every seed has
-taken the same number of steps).
+index from the training tensors on the device (one index op for all seeds),
+runs the S forward passes as one ``vmap`` of ``functional_call``, and
+differentiates the sum of the S per-seed mean losses with one ordinary
+backward pass: the seeds share no parameter, so each seed's slice of the
+stacked gradient is its own gradient. (This is cheaper than
+``vmap(grad(loss))``, which also batches every backward op through vmap;
+see docs/training.md for the measured costs.) One optimizer step over the
+stacked tensors follows, with torch's ``fused`` implementation (one kernel
+per tensor instead of about a dozen ops). Adam, AdamW and SGD with momentum
+act elementwise, so one optimizer over the stacked tensors is S independent
+optimizers (their step counter is shared: every seed has taken the same
+number of steps).
 
 At every schedule point all seeds are evaluated at once (vmapped) and each
 seed's run gets its checkpoint and resume state through the same store
-calls, in the same format, as the separate loop: an ensemble run is an
-ordinary run, and ``normdyn train --resume`` continues one alone.
+calls, in the same format and order, as the separate loop: an ensemble run
+is an ordinary run, and ``normdyn train --resume`` continues one alone. The
+writes of a point run on a background thread while the next steps train
+(copies of the weights and optimizer state are taken first; one point in
+flight at a time), so the fsyncs of S runs overlap the computation; a
+failed write stops training at the next point.
 
-Not bitwise: the S matrix products of a step run as one batched product,
-whose float32 sums are ordered differently, so a seed's weights differ from
-its separate run's by rounding (see docs/training.md for the measured size).
+Not bitwise: the S matrix products of a step run as batched products (the
+weight gradients in transposed form), and the fused optimizer kernel rounds
+differently from the per-op one, so a seed's weights differ from its
+separate run's by float32 rounding (see docs/training.md for the measured
+size).
+
 Models with BatchNorm or active dropout are refused: their running
 statistics and random masks could not match the separate runs.
 """
@@ -26,13 +39,15 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from normdyn.core.errors import ConfigError, StoreError
@@ -40,9 +55,8 @@ from normdyn.core.sampling import subset_indices
 from normdyn.core.store import INDEX, Run
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.loop import Position, current_rng, next_batch, read_resume, train_or_resume, write_resume
-from normdyn.trainer.objective import Objective, objective_for
-from normdyn.trainer.setup import (ORDER_SEED_OFFSET, build_model, dataset_spec, load_data, make_optimizer,
-                                   new_model_spec, resolve_device, step_plan)
+from normdyn.trainer.setup import (ORDER_SEED_OFFSET, Setting, build_model, load_data, make_optimizer, new_model_spec,
+                                   resolve_device, setting)
 
 __all__ = ["Member", "Ensemble", "check_members", "prepare_ensemble", "ensemble_step", "evaluate_members",
            "train_ensemble", "train_ensemble_or_resume"]
@@ -62,30 +76,23 @@ class Member:
 
 
 @dataclass
-class Ensemble:
-    """S seeds of one configuration, their parameters stacked, ready to train."""
+class Ensemble(Setting):
+    """S seeds of one configuration, their parameters stacked, ready to train.
+
+    The :class:`~normdyn.trainer.setup.Setting` part (device, objective, test data, schedule) is the one
+    each seed's separate run would build; each member holds its own config and run.
+    """
 
     members: list[Member]
-    device: torch.device
     base: nn.Module  # the architecture, on the meta device: functional_call supplies the tensors
     state_keys: list[str]  # state_dict order of the separate run's checkpoints
     template: nn.Module  # a real module, loaded with one seed's weights where a module is needed
     params: dict[str, torch.Tensor]  # name -> [S, ...] leaf tensors the optimizer updates
     buffers: dict[str, torch.Tensor]  # name -> [S, ...]
     optimizer: torch.optim.Optimizer
-    objective: Objective
-    grads: Callable[..., dict[str, torch.Tensor]]
     x_all: torch.Tensor  # the whole training set: seeds index their P samples from it
     y_all: torch.Tensor
     subsets: torch.Tensor  # [S, P] indices into x_all, seed s's P samples in their run's order
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    exact_test_error: Callable[[nn.Module], float | None] | None
-    batch_size: int
-    batches_per_epoch: int
-    total_steps: int
-    points: list[int]
-    eval_batch_size: int
 
 
 def check_members(configs: list[TrainConfig]) -> None:
@@ -153,8 +160,8 @@ def prepare_ensemble(configs: list[TrainConfig]) -> Ensemble:
         rng = current_rng(device)  # the state right after init, which a separate run carries unchanged
         modules.append(module)
         members.append((config, idx, rng))
-    data_spec = dataset_spec(c0)
-    opened = [_open_member(config, spec, data_spec) for config, _, _ in members]
+    shared = setting(c0, device, data, spec, modules[0])
+    opened = [_open_member(config, spec, shared.dataset_spec) for config, _, _ in members]
     ensemble_members, subsets, saved_optimizers = [], [], []
     for (config, idx, rng), module, (run, action) in zip(members, modules, opened):
         order = torch.Generator().manual_seed(config.seed + ORDER_SEED_OFFSET)
@@ -173,25 +180,25 @@ def prepare_ensemble(configs: list[TrainConfig]) -> Ensemble:
         raise StoreError("ensemble runs resume from different steps: "
                          + ", ".join(f"{m.run.run_id} at {m.at.step}" for m in ensemble_members))
     params, buffers = stack_module_state(modules)
-    optimizer = make_optimizer(c0, list(params.values()))
+    optimizer = make_optimizer(c0, list(params.values()), fused=True)
     # Seeds continuing from step > 0 all have a saved state; at step 0 a saved state is still empty.
     if len(saved_optimizers) == len(ensemble_members):
         optimizer.load_state_dict(_stack_optimizer_states(saved_optimizers))
-    base = copy.deepcopy(modules[0]).to("meta")
-    objective = objective_for(modules[0], data.x_train[:1].to(device))
-
-    def loss(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return objective.loss(functional_call(base, (p, b), (x,)), y)
-
-    batch, per_epoch, total, schedule_points = step_plan(c0)
     return Ensemble(
-        members=ensemble_members, device=device, base=base, state_keys=list(modules[0].state_dict()),
-        template=modules[0], params=params, buffers=buffers, optimizer=optimizer, objective=objective,
-        grads=vmap(grad(loss)), x_all=data.x_train.to(device), y_all=data.y_train.to(device),
-        subsets=torch.stack(subsets).to(device), x_test=data.x_test.to(device), y_test=data.y_test.to(device),
-        exact_test_error=data.exact_test_error, batch_size=batch, batches_per_epoch=per_epoch, total_steps=total,
-        points=schedule_points, eval_batch_size=c0.eval_batch_size,
+        **shared.shared(), members=ensemble_members, base=copy.deepcopy(modules[0]).to("meta"),
+        state_keys=list(modules[0].state_dict()), template=modules[0], params=params, buffers=buffers,
+        optimizer=optimizer, x_all=data.x_train.to(device), y_all=data.y_train.to(device),
+        subsets=torch.stack(subsets).to(device),
     )
+
+
+def _set_fused(groups: list[dict[str, Any]], fused: bool | None) -> list[dict[str, Any]]:
+    """Copies of optimizer param groups with the ``fused`` option set.
+
+    The stacked optimizer runs fused (True); a seed's saved state keeps torch's default (None), the
+    value a separate run's optimizer holds, so its resume state is exactly a separate run's.
+    """
+    return [{**group, "fused": fused} for group in groups]
 
 
 def _stack_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -207,14 +214,23 @@ def _stack_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
                 stacked[pid][key] = value
             else:
                 raise StoreError(f"ensemble resume: optimizer {key!r} differs between the seeds' resume states")
-    return {"state": stacked, "param_groups": states[0]["param_groups"]}
+    return {"state": stacked, "param_groups": _set_fused(states[0]["param_groups"], True)}
 
 
 def _member_optimizer_state(state: dict[str, Any], s: int) -> dict[str, Any]:
-    """Seed ``s``'s optimizer state, exactly as its separate run's optimizer would hold it."""
-    per_seed = {pid: {k: (v[s].clone() if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
-                      for k, v in entries.items()} for pid, entries in state["state"].items()}
-    return {"state": per_seed, "param_groups": state["param_groups"]}
+    """A copy of seed ``s``'s optimizer state, exactly as its separate run's optimizer would hold it.
+
+    Every tensor is copied, the shared 0-dim ``step`` too (the optimizer increments it in place), so
+    the copy stays valid while training goes on.
+    """
+
+    def own(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        return value[s].clone() if value.dim() > 0 else value.clone()
+
+    per_seed = {pid: {k: own(v) for k, v in entries.items()} for pid, entries in state["state"].items()}
+    return {"state": per_seed, "param_groups": _set_fused(state["param_groups"], None)}
 
 
 def member_state_dict(e: Ensemble, s: int) -> dict[str, torch.Tensor]:
@@ -223,40 +239,56 @@ def member_state_dict(e: Ensemble, s: int) -> dict[str, torch.Tensor]:
     return {k: stacked[k][s].detach() for k in e.state_keys}
 
 
+def _outputs(e: Ensemble, x: torch.Tensor, *, shared: bool = False) -> torch.Tensor:
+    """Every seed's model outputs, ``[S, n, ...]``: on its own inputs ``x`` ``[S, n, ...]``, or with
+    ``shared`` on the same inputs ``x`` ``[n, ...]`` for all seeds."""
+
+    def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(e.base, (p, b), (xb,))
+
+    return vmap(one, in_dims=(0, 0, None if shared else 0))(e.params, e.buffers, x)
+
+
 def ensemble_step(e: Ensemble) -> None:
     """One optimizer step of every seed, each on the next batch of its own epoch order."""
-    P = int(e.subsets.shape[1])
+    S, P = e.subsets.shape
     local = [next_batch(m.at, P, e.batch_size, m.order, e.device) for m in e.members]
     if local[0] is None:  # full batch: every seed's P samples in their stored order
         gidx = e.subsets
     else:
         gidx = torch.gather(e.subsets, 1, torch.stack(local))  # type: ignore[arg-type]
-    grads = e.grads({k: v.detach() for k, v in e.params.items()}, e.buffers, e.x_all[gidx], e.y_all[gidx])
-    for name, param in e.params.items():
-        param.grad = grads[name]
+    B = int(gidx.shape[1])
+    out = _outputs(e, e.x_all[gidx])
+    # Per-sample losses of all seeds in one call, then each seed's mean: its separate run's loss. The
+    # seeds share no parameter, so the gradient of the sum over seeds is, slice by slice, each seed's own.
+    losses = e.objective.loss(out.flatten(0, 1), e.y_all[gidx].flatten(), reduction="none").view(S, B)
+    e.optimizer.zero_grad(set_to_none=True)
+    losses.mean(dim=1).sum().backward()
     e.optimizer.step()
     for m in e.members:
         m.at.step += 1
-        m.at.samples_seen += int(gidx.shape[1])
+        m.at.samples_seen += B
 
 
 def _per_seed_sums(e: Ensemble, x: torch.Tensor, y: torch.Tensor, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed loss (float64) and error count per seed over one chunk; ``shared``: one x for all seeds."""
+    """Summed loss (float64) and error count per seed over one chunk; ``shared``: one x and y for all seeds.
 
-    def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xb: torch.Tensor,
-            yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = functional_call(e.base, (p, b), (xb,))
-        return e.objective.loss(out, yb, reduction="sum"), e.objective.errors(out, yb)
-
-    dims = None if shared else 0
-    loss, errors = vmap(one, in_dims=(0, 0, dims, dims))(e.params, e.buffers, x, y)
+    The forward pass is vmapped; the loss and error count are then taken seed by seed with the
+    objective's own reductions, exactly as the separate run's evaluation takes them.
+    """
+    out = _outputs(e, x, shared=shared)
+    ys = [y] * len(out) if shared else list(y)
+    loss = torch.stack([e.objective.loss(o, t, reduction="sum") for o, t in zip(out, ys)])
+    errors = torch.stack([e.objective.errors(o, t) for o, t in zip(out, ys)])
     return loss.double(), errors
 
 
 def evaluate_members(e: Ensemble) -> list[dict[str, float]]:
     """Each seed's train error/loss on its P samples and test error/loss (the separate run's metrics)."""
     S, P = e.subsets.shape
-    bs = e.eval_batch_size
+    # eval_batch_size samples per forward pass over all seeds: a separate run's activation memory (and on
+    # the CPU, intermediates that stay in cache; S times larger chunks ran at half the speed here)
+    bs = max(1, e.members[0].config.eval_batch_size // S)
     e.base.eval()
     with torch.no_grad():
         train = [torch.zeros(S, dtype=torch.float64, device=e.device), torch.zeros(S, dtype=torch.int64, device=e.device)]
@@ -289,18 +321,79 @@ def evaluate_members(e: Ensemble) -> list[dict[str, float]]:
     return out
 
 
-def _save_points(e: Ensemble) -> None:
-    """Checkpoint (where not stored yet) and resume state of every seed at the current step."""
+@dataclass
+class _SeedPoint:
+    """What one seed's run stores at a schedule point, copied out of the live ensemble."""
+
+    member: Member
+    at: Position
+    weights: dict[str, torch.Tensor] | None  # None: the checkpoint of this step is stored already
+    metrics: dict[str, float] | None
+    order: torch.Generator  # a copy of the seed's data-order generator
+    optimizer_state: dict[str, Any] | None  # None: the last point, which needs no resume state
+
+
+def _snapshot_point(e: Ensemble) -> Callable[[], None]:
+    """Evaluate every seed at the current step, copy what its run stores there, and return the writes.
+
+    The returned function writes, seed after seed, the checkpoint (where not stored yet), then the
+    resume state (except at the last step): the separate loop's order. It touches only copies, so
+    training may go on while it runs.
+    """
     step = e.members[0].at.step
     metrics = evaluate_members(e) if any(step not in m.stored for m in e.members) else None
     optimizer_state = e.optimizer.state_dict() if step < e.total_steps else None
+    points = []
     for s, m in enumerate(e.members):
+        point = _SeedPoint(m, replace(m.at), None, None, torch.Generator(), None)
+        point.order.set_state(m.order.get_state())
         if step not in m.stored:
-            m.run.append_checkpoint(member_state_dict(e, s), step=step, epoch=step / e.batches_per_epoch,
-                                    samples_seen=m.at.samples_seen, metrics=metrics[s])  # type: ignore[index]
+            point.weights = {k: v.clone() for k, v in member_state_dict(e, s).items()}
+            point.metrics = metrics[s]  # type: ignore[index]
             m.stored.add(step)
-        if optimizer_state is not None:  # the last point needs no resume state
-            write_resume(m.run, m.at, m.order, _member_optimizer_state(optimizer_state, s), m.rng)
+        if optimizer_state is not None:
+            point.optimizer_state = _member_optimizer_state(optimizer_state, s)
+        points.append(point)
+
+    def write() -> None:
+        for p in points:
+            if p.weights is not None:
+                p.member.run.append_checkpoint(p.weights, step=step, epoch=step / e.batches_per_epoch,
+                                               samples_seen=p.at.samples_seen, metrics=p.metrics)
+            if p.optimizer_state is not None:
+                write_resume(p.member.run, p.at, p.order, p.optimizer_state, p.member.rng)
+
+    return write
+
+
+class _PointWriter:
+    """Runs the writes of one schedule point at a time on a background thread, in submission order.
+
+    ``submit`` first waits for the previous point's writes and re-raises their error, so at most one
+    point is held in memory and a failed write stops training at the next point. Leaving the context
+    waits for the writes in flight, also when training failed (what they write is a valid point).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="normdyn-ensemble-writer")
+        self._pending: Future[None] | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        """Wait for the previous point, then start ``write``."""
+        self.wait()
+        self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        """Wait for the point in flight, if any; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> "_PointWriter":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def train_ensemble(configs: list[TrainConfig], *, progress: bool = True) -> list[tuple[Run, str]]:
@@ -315,13 +408,15 @@ def train_ensemble(configs: list[TrainConfig], *, progress: bool = True) -> list
     bar = tqdm(total=e.total_steps, initial=e.members[0].at.step, desc=desc, unit="step", disable=not progress,
                leave=False, dynamic_ncols=True)
     try:
-        if e.members[0].at.step in points:
-            _save_points(e)
-        while e.members[0].at.step < e.total_steps:
-            ensemble_step(e)
-            bar.update(1)
+        with _PointWriter() as writer:
             if e.members[0].at.step in points:
-                _save_points(e)
+                writer.submit(_snapshot_point(e))
+            while e.members[0].at.step < e.total_steps:
+                ensemble_step(e)
+                bar.update(1)
+                if e.members[0].at.step in points:
+                    writer.submit(_snapshot_point(e))
+            writer.wait()
     except BaseException:
         for m in e.members:
             m.run.set_status("failed")

@@ -6,7 +6,7 @@ continues with exactly the objects an uninterrupted run would have.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -22,8 +22,8 @@ from normdyn.core.schedule import parse_schedule
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.objective import Objective, objective_for
 
-__all__ = ["Training", "prepare", "load_data", "dataset_spec", "resolve_device", "scale_weight_matrices",
-           "make_optimizer", "new_model_spec", "build_model", "step_plan", "ORDER_SEED_OFFSET"]
+__all__ = ["Setting", "Training", "setting", "prepare", "load_data", "dataset_spec", "resolve_device",
+           "scale_weight_matrices", "make_optimizer", "new_model_spec", "build_model", "step_plan", "ORDER_SEED_OFFSET"]
 
 # The data-order generator is seeded with seed + this offset, so the order of
 # the P samples is not the permutation that chose them (core/sampling.py).
@@ -31,16 +31,11 @@ ORDER_SEED_OFFSET = 1_000_003
 
 
 @dataclass
-class Training:
-    """A run ready to train: tensors on the device, the model, its optimizer, the schedule in steps."""
+class Setting:
+    """What every seed of one configuration shares: device, objective, test data, schedule in steps, specs."""
 
-    config: TrainConfig
     device: torch.device
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
     objective: Objective
-    x_train: torch.Tensor
-    y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     exact_test_error: Callable[[nn.Module], float | None] | None
@@ -50,6 +45,21 @@ class Training:
     points: list[int]
     model_spec: dict[str, Any]
     dataset_spec: dict[str, Any]
+
+    def shared(self) -> dict[str, Any]:
+        """The :class:`Setting` fields by name (the objects themselves, not copies), to build a subclass."""
+        return {f.name: getattr(self, f.name) for f in fields(Setting)}
+
+
+@dataclass
+class Training(Setting):
+    """A run ready to train: the shared setting, plus its config, model, optimizer and P training samples."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    x_train: torch.Tensor
+    y_train: torch.Tensor
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,13 +89,18 @@ def scale_weight_matrices(model: nn.Module, layers: list[Mapping[str, Any]], fac
             params[key].mul_(factor)
 
 
-def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-    """The optimizer of ``config`` over ``params`` (a model's, or an ensemble's stacked ones)."""
+def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor], *,
+                   fused: bool | None = None) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over ``params`` (a model's, or an ensemble's stacked ones).
+
+    ``fused`` is torch's option (None: torch's default implementation, which a separate run uses).
+    """
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           fused=fused)
 
 
 def load_data(config: TrainConfig) -> DatasetTensors:
@@ -130,6 +145,18 @@ def step_plan(config: TrainConfig) -> tuple[int, int, int, list[int]]:
     return batch, per_epoch, total, parse_schedule(config.schedule, total)
 
 
+def setting(config: TrainConfig, device: torch.device, data: DatasetTensors, spec: Mapping[str, Any],
+            model: nn.Module) -> Setting:
+    """The :class:`Setting` of ``config`` on ``device``, for ``data`` and a model built from ``spec``."""
+    batch, per_epoch, total, points = step_plan(config)
+    return Setting(
+        device=device, objective=objective_for(model, data.x_train[:1].to(device)), x_test=data.x_test.to(device),
+        y_test=data.y_test.to(device), exact_test_error=data.exact_test_error, batch_size=batch,
+        batches_per_epoch=per_epoch, total_steps=total, points=points, model_spec=dict(spec),
+        dataset_spec=dataset_spec(config),
+    )
+
+
 def prepare(config: TrainConfig, model_spec: Mapping[str, Any] | None = None) -> Training:
     """Validate ``config``, load the data, build the model and optimizer on the device.
 
@@ -145,12 +172,8 @@ def prepare(config: TrainConfig, model_spec: Mapping[str, Any] | None = None) ->
     idx = subset_indices(len(data.x_train), config.P, config.seed)
     spec = dict(model_spec) if model_spec is not None else new_model_spec(config, data)
     model = build_model(config, spec).to(device)
-    x_train = data.x_train[idx].to(device)
-    batch, per_epoch, total, points = step_plan(config)
     return Training(
-        config=config, device=device, model=model, optimizer=make_optimizer(config, model.parameters()),
-        objective=objective_for(model, x_train), x_train=x_train, y_train=data.y_train[idx].to(device),
-        x_test=data.x_test.to(device), y_test=data.y_test.to(device), exact_test_error=data.exact_test_error,
-        batch_size=batch, batches_per_epoch=per_epoch, total_steps=total, points=points,
-        model_spec=spec, dataset_spec=dataset_spec(config),
+        **setting(config, device, data, spec, model).shared(), config=config, model=model,
+        optimizer=make_optimizer(config, model.parameters()), x_train=data.x_train[idx].to(device),
+        y_train=data.y_train[idx].to(device),
     )
