@@ -36,7 +36,7 @@ MEASURE = "perceptron_lambda"
 #: Finishes in well under 2 minutes on 2 cores.
 QUICK = PerceptronExperiment(N=200, alphas=(1.0, 2.0, 4.0, 8.0, 16.0), seeds=(0, 1, 2), steps=4000,
                              schedule="log:30", extra={"mode": "quick"})
-#: The default experiment (about 10 minutes on 2 idle cores).
+#: The default experiment (about 4 minutes on 2 cores).
 FULL = PerceptronExperiment(extra={"mode": "full"})
 #: Law 1's window in lambda/lambda*: between the Hebb plateau (lambda of order 1,
 #: lambda/lambda* ~ 1/(2 alpha)) and the minimum, where the theory's local slope is steepest.
@@ -118,9 +118,12 @@ def theory_fit(th: TheoryCurves, sim: FitResult, N: int) -> FitResult:
 @click.option("--steps", type=int, default=None, help="Override the maximum number of gradient steps.")
 @click.option("--inputs", type=click.Choice(["rademacher", "gaussian"]), default=None, help="Override the inputs.")
 @click.option("--schedule", type=str, default=None, help="Override the checkpoint schedule (e.g. log:30).")
+@click.option("--device", type=str, default=None,
+              help="Where the gradient descent runs: cpu (default) | cuda | cuda:K (alpha 32 and N >= 1000 are cheap there).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def perceptron_command(out: str, quick: bool, N: int | None, alphas: str | None, seeds: int | None,
-                       steps: int | None, inputs: str | None, schedule: str | None, quiet: bool) -> None:
+                       steps: int | None, inputs: str | None, schedule: str | None, device: str | None,
+                       quiet: bool) -> None:
     """Train the teacher-student perceptron, fit both laws, compare with theory, write a report."""
     exp = QUICK if quick else FULL
     changes: dict[str, Any] = {}
@@ -141,6 +144,8 @@ def perceptron_command(out: str, quick: bool, N: int | None, alphas: str | None,
         changes["inputs"] = inputs
     if schedule is not None:
         changes["schedule"] = schedule
+    if device is not None:
+        changes["device"] = device
     exp = replace(exp, **changes)
     exp.validate()
     out_dir = Path(out)

@@ -192,6 +192,10 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli, ["perceptron", "--out", str(tmp_path / "x"), "--alphas", "a,b"])
     assert bad.exit_code == 1
     assert bad.output.strip() == "Error: --alphas 'a,b': give comma-separated numbers, e.g. 0.5,1,2,4"
+    tpu = CliRunner().invoke(cli, ["perceptron", "--out", str(tmp_path / "y"), "--quick", "--device", "tpu"])
+    assert tpu.exit_code == 1
+    assert tpu.output.startswith("Error: device='tpu': use cpu, cuda or cuda:K")
+    assert not (tmp_path / "y").exists()  # refused before anything is written
 
 
 def test_exact_test_error_covers_perceptrons_only() -> None:
