@@ -16,3 +16,4 @@ run gpu_correctness 120 python3 benchmarks/gpu_correctness.py
 run train_bench 200 python3 benchmarks/train_bench.py --device cuda --repeats 2
 run analyze_bench 150 python3 benchmarks/analyze_bench.py --device cuda
 run ensemble_bench 150 python3 benchmarks/ensemble_bench.py --device cuda --seeds 16 --model cnn --repeats 2
+run perceptron_bench 150 python3 benchmarks/perceptron_bench.py --device cuda
