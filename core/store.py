@@ -185,7 +185,10 @@ class Run:
     def attrs(self) -> dict[str, Any]:
         """Root attributes, JSON ones (config, model_spec, dataset) decoded."""
         with self._read() as f:
-            raw = {k: _decode(v) for k, v in f.attrs.items()}
+            return self._decoded_attrs(f)
+
+    def _decoded_attrs(self, f: h5py.File) -> dict[str, Any]:
+        raw = {k: _decode(v) for k, v in f.attrs.items()}
         for key in _JSON_ATTRS:
             if key in raw:
                 try:
@@ -266,14 +269,16 @@ class Run:
         standard columns and any extra float columns (created on first use,
         NaN for earlier rows). Measures get a NaN row.
         """
-        steps = self.checkpoints()["step"]
-        if len(steps) and int(step) <= int(steps[-1]):
-            raise StoreError(f"{self.path}: step {step} is not after the last checkpoint (step {int(steps[-1])})")
+        with self._read() as f:  # one open for the order check and the attributes: this runs at every point
+            steps = f["checkpoints/step"]
+            last = int(steps[-1]) if steps.shape[0] else None
+            attrs = self._decoded_attrs(f)
+        if last is not None and int(step) <= last:
+            raise StoreError(f"{self.path}: step {step} is not after the last checkpoint (step {last})")
         row = {"step": int(step), "epoch": float(epoch), "samples_seen": int(samples_seen),
                "wall_time": time.time(), "file": checkpoint_filename(step)}
         row.update({k: float("nan") for k in METRIC_COLUMNS})
         row.update({k: float(v) for k, v in (metrics or {}).items()})
-        attrs = self.attrs
         meta = {
             "format": FORMAT,
             "run_id": str(attrs["run_id"]),
