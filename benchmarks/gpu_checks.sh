@@ -15,5 +15,5 @@ run() { local name=$1 limit=$2; shift 2; echo "=== $name: $*"; timeout "$limit" 
 run gpu_correctness 120 python3 benchmarks/gpu_correctness.py
 run train_bench 200 python3 benchmarks/train_bench.py --device cuda --repeats 2
 run analyze_bench 150 python3 benchmarks/analyze_bench.py --device cuda
-run ensemble_bench 150 python3 benchmarks/ensemble_bench.py --device cuda --seeds 16 --model cnn --repeats 2
+run ensemble_bench 150 python3 benchmarks/ensemble_bench.py --device cuda --seeds 16 --model cnn --repeats 2 --epochs 10
 run perceptron_bench 150 python3 benchmarks/perceptron_bench.py --device cuda
