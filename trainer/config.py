@@ -51,7 +51,8 @@ class TrainConfig:
     data_root: str | None = "data"     # where datasets live (torchvision layout)
     download: bool = False             # let torchvision download an absent dataset
     device: str = "auto"               # auto (cuda when available) | cpu | cuda | cuda:N
-    eval_batch_size: int = 2048        # batch size of the (no-grad) evaluations at checkpoints
+    eval_batch_size: int | None = None  # samples per forward pass of the checkpoint evaluations; None: 128 on
+                                        # the CPU (cache-sized chunks ran 25 % faster), 2048 elsewhere
     ensemble: bool = False             # sweeps: train the seeds of one config together (torch.func)
 
     @classmethod

@@ -55,8 +55,8 @@ from normdyn.core.sampling import subset_indices
 from normdyn.core.store import INDEX, Run
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.loop import Position, current_rng, next_batch, read_resume, train_or_resume, write_resume
-from normdyn.trainer.setup import (ORDER_SEED_OFFSET, Setting, build_model, load_data, make_optimizer, new_model_spec,
-                                   resolve_device, setting)
+from normdyn.trainer.setup import (EVAL_BATCH_OTHER, ORDER_SEED_OFFSET, Setting, build_model, load_data,
+                                   make_optimizer, new_model_spec, resolve_device, setting)
 
 __all__ = ["Member", "Ensemble", "check_members", "prepare_ensemble", "ensemble_step", "evaluate_members",
            "train_ensemble", "train_ensemble_or_resume"]
@@ -288,7 +288,8 @@ def evaluate_members(e: Ensemble) -> list[dict[str, float]]:
     S, P = e.subsets.shape
     # eval_batch_size samples per forward pass over all seeds: a separate run's activation memory (and on
     # the CPU, intermediates that stay in cache; S times larger chunks ran at half the speed here)
-    bs = max(1, e.members[0].config.eval_batch_size // S)
+    # (the vmapped forward has a fixed cost per call, so the ensemble keeps 2048 when the config leaves it open)
+    bs = max(1, (e.members[0].config.eval_batch_size or EVAL_BATCH_OTHER) // S)
     e.base.eval()
     with torch.no_grad():
         train = [torch.zeros(S, dtype=torch.float64, device=e.device), torch.zeros(S, dtype=torch.int64, device=e.device)]

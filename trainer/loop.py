@@ -41,7 +41,7 @@ class Position:
 
 def measure_point(t: Training) -> dict[str, float]:
     """Train error/loss on the P samples and test error/loss (exact when the dataset provides it)."""
-    bs = t.config.eval_batch_size
+    bs = t.eval_batch_size
     train_error, train_loss = evaluate(t.model, t.objective, t.x_train, t.y_train, bs)
     test_error, test_loss = evaluate(t.model, t.objective, t.x_test, t.y_test, bs)
     if t.exact_test_error is not None:

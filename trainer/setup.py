@@ -45,6 +45,7 @@ class Setting:
     points: list[int]
     model_spec: dict[str, Any]
     dataset_spec: dict[str, Any]
+    eval_batch_size: int  # samples per forward pass of a separate run's evaluations (config value or device default)
 
     def shared(self) -> dict[str, Any]:
         """The :class:`Setting` fields by name (the objects themselves, not copies), to build a subclass."""
@@ -153,8 +154,21 @@ def setting(config: TrainConfig, device: torch.device, data: DatasetTensors, spe
         device=device, objective=objective_for(model, data.x_train[:1].to(device)), x_test=data.x_test.to(device),
         y_test=data.y_test.to(device), exact_test_error=data.exact_test_error, batch_size=batch,
         batches_per_epoch=per_epoch, total_steps=total, points=points, model_spec=dict(spec),
-        dataset_spec=dataset_spec(config),
+        dataset_spec=dataset_spec(config), eval_batch_size=eval_batch_size(config, device),
     )
+
+
+#: Evaluation chunk when the config leaves it open: on the CPU the paper's MNIST CNN evaluated 3000 samples
+#: in 3.7 s in chunks of 128 against 4.9 s in chunks of 2048 (activations that stay in cache); a GPU wants
+#: large chunks.
+EVAL_BATCH_CPU, EVAL_BATCH_OTHER = 128, 2048
+
+
+def eval_batch_size(config: TrainConfig, device: torch.device) -> int:
+    """``config.eval_batch_size``, or the device's default when it is None."""
+    if config.eval_batch_size is not None:
+        return int(config.eval_batch_size)
+    return EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH_OTHER
 
 
 def prepare(config: TrainConfig, model_spec: Mapping[str, Any] | None = None) -> Training:
@@ -174,6 +188,9 @@ def prepare(config: TrainConfig, model_spec: Mapping[str, Any] | None = None) ->
     model = build_model(config, spec).to(device)
     return Training(
         **setting(config, device, data, spec, model).shared(), config=config, model=model,
-        optimizer=make_optimizer(config, model.parameters()), x_train=data.x_train[idx].to(device),
+        # CUDA: the fused optimizer, one kernel per step instead of one per tensor group (bitwise resume is a
+        # CPU promise; on the CPU torch's default implementation keeps separate runs as they were)
+        optimizer=make_optimizer(config, model.parameters(), fused=True if device.type == "cuda" else None),
+        x_train=data.x_train[idx].to(device),
         y_train=data.y_train[idx].to(device),
     )
