@@ -79,7 +79,7 @@ def demo_plan(*, quick: bool = False, seed: int = 0) -> DemoPlan:
                              extra={"mode": "demo-quick"})
         return DemoPlan(P=(250, 1000, 4000), seeds=seeds[:2], train=train, perceptron=perceptron, fit=fit)
     return DemoPlan(P=(250, 500, 1000, 2000, 4000), seeds=seeds, train=train, perceptron=perceptron,
-                    extra_measures=("frobenius",), fit=fit)
+                    extra_measures=("path_norm",), fit=fit)
 
 
 @dataclass
