@@ -29,9 +29,8 @@ from normdyn.core import plugins
 from normdyn.core.contracts import DatasetTensors
 from normdyn.core.errors import DataError
 
-__all__ = ["GENERIC_PARAMS", "load_dataset", "noisy_labels"]
+__all__ = ["load_dataset", "noisy_labels"]
 
-GENERIC_PARAMS = ("label_noise", "label_noise_seed")
 _LABEL_NOISE_STREAM = 0x6C6E  # tags the seed sequence of the label noise ("ln")
 
 

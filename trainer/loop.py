@@ -23,7 +23,7 @@ from normdyn.core.store import INDEX, Run
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.objective import evaluate
 from normdyn.trainer.resume_state import pack_optimizer, unpack_optimizer
-from normdyn.trainer.setup import ORDER_SEED_OFFSET, Training, prepare
+from normdyn.trainer.setup import ORDER_SEED_OFFSET, Training, eval_batch_size, prepare
 
 __all__ = ["train", "resume", "train_or_resume", "measure_point", "train_step", "save_point", "Position",
            "ResumePoint", "current_rng", "write_resume", "read_resume", "next_batch"]
@@ -41,7 +41,7 @@ class Position:
 
 def measure_point(t: Training) -> dict[str, float]:
     """Train error/loss on the P samples and test error/loss (exact when the dataset provides it)."""
-    bs = t.eval_batch_size
+    bs = eval_batch_size(t.config, t.device)
     train_error, train_loss = evaluate(t.model, t.objective, t.x_train, t.y_train, bs)
     test_error, test_loss = evaluate(t.model, t.objective, t.x_test, t.y_test, bs)
     if t.exact_test_error is not None:
