@@ -20,18 +20,27 @@ reference does.
 
 Everything is in log10 lambda, so lambda up to 1e300 is safe.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from normdyn.core.errors import DataError, FitError
 
-__all__ = ["SeedCurve", "SeedGrid", "MeanCurves", "DEFAULT_GRID_POINTS", "aggregate", "increasing_envelope",
-           "log10_mean", "auto_grid"]
+__all__ = [
+    "SeedCurve",
+    "SeedGrid",
+    "MeanCurves",
+    "DEFAULT_GRID_POINTS",
+    "aggregate",
+    "increasing_envelope",
+    "log10_mean",
+    "auto_grid",
+]
 
 DEFAULT_GRID_POINTS = 50  # the reference's logspace(a, b, 50)
 
@@ -53,8 +62,10 @@ class SeedCurve:
         if lam.size == 0 or not np.all(np.isfinite(lam) & np.isfinite(err)):
             raise DataError(f"{self.source}: a curve needs at least one point and finite values only")
         if np.any(err <= 0):
-            raise DataError(f"{self.source}: test_error {err[err <= 0][0]:g} <= 0; "
-                            "log-log fits need positive errors (drop or offset such points)")
+            raise DataError(
+                f"{self.source}: test_error {err[err <= 0][0]:g} <= 0; "
+                "log-log fits need positive errors (drop or offset such points)"
+            )
 
     @property
     def log10_lambda_at_min(self) -> float:
@@ -118,7 +129,7 @@ class MeanCurves:
         finite = np.isfinite(self.mean_error)
         return np.where(finite.any(axis=1), np.min(np.where(finite, self.mean_error, np.inf), axis=1), np.nan)
 
-    def with_lambda_star(self, lambda_star: Mapping[int, float], source: str) -> "MeanCurves":
+    def with_lambda_star(self, lambda_star: Mapping[int, float], source: str) -> MeanCurves:
         """A copy whose law-2 lambda* comes from ``lambda_star`` (P -> lambda*, every P needed)."""
         missing = [int(p) for p in self.P if int(p) not in lambda_star]
         if missing:
@@ -128,12 +139,16 @@ class MeanCurves:
             raise DataError(f"{source}: lambda_star must be finite and > 0")
         return replace(self, log10_lambda_star=np.log10(values), lambda_star_source=source)
 
-    def select_P(self, keep: np.ndarray) -> "MeanCurves":
+    def select_P(self, keep: np.ndarray) -> MeanCurves:
         """The rows where the boolean mask ``keep`` is true."""
-        return replace(self, P=self.P[keep], mean_error=self.mean_error[keep],
-                       log10_lambda_star=self.log10_lambda_star[keep],
-                       n_seeds=None if self.n_seeds is None else self.n_seeds[keep],
-                       n_runs=None if self.n_runs is None else self.n_runs[keep])
+        return replace(
+            self,
+            P=self.P[keep],
+            mean_error=self.mean_error[keep],
+            log10_lambda_star=self.log10_lambda_star[keep],
+            n_seeds=None if self.n_seeds is None else self.n_seeds[keep],
+            n_runs=None if self.n_runs is None else self.n_runs[keep],
+        )
 
 
 @dataclass
@@ -165,8 +180,7 @@ class SeedGrid:
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean[i] = np.where(finite, e, 0.0).sum(axis=0) / count[i]
             lstar[i] = log10_mean(self.log10_lambda_at_min[i][r])
-        return MeanCurves(self.log10_grid, self.P, mean, lstar, "seed argmin", count,
-                          np.array([len(r) for r in rows]))
+        return MeanCurves(self.log10_grid, self.P, mean, lstar, "seed argmin", count, np.array([len(r) for r in rows]))
 
 
 def aggregate(curves: Sequence[SeedCurve], grid: tuple[float, float, int] | None = None) -> SeedGrid:

@@ -12,15 +12,17 @@ A failure (unreadable checkpoint, tensors that do not match the spec,
 non-finite weights, a measure raising) stores NaN and the error message in
 that row and the batch goes on.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import json
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,8 +33,16 @@ from normdyn.core.executor import map_tasks
 from normdyn.core.store import MeasureRecord, Run, scan_runs
 from normdyn.core.view import CheckpointView, RunContext
 
-__all__ = ["DEFAULT_MEASURES", "RunTask", "RunOutcome", "AnalyzeSummary", "analyze_run", "analyze_store",
-           "select_runs", "resolve_measures"]
+__all__ = [
+    "DEFAULT_MEASURES",
+    "RunTask",
+    "RunOutcome",
+    "AnalyzeSummary",
+    "analyze_run",
+    "analyze_store",
+    "select_runs",
+    "resolve_measures",
+]
 
 #: What ``normdyn analyze`` computes without ``--measure`` (the paper's complexity measure).
 DEFAULT_MEASURES = ("spectral_complexity",)
@@ -88,8 +98,7 @@ class AnalyzeSummary:
 
     def line(self) -> str:
         """The one-line summary the CLI prints."""
-        return (f"{len(self.outcomes)} run(s): {self.computed} computed, {self.skipped} skipped, "
-                f"{self.failed} failed")
+        return f"{len(self.outcomes)} run(s): {self.computed} computed, {self.skipped} skipped, {self.failed} failed"
 
 
 def resolve_measures(names: Sequence[str] | None) -> list[Any]:
@@ -124,8 +133,12 @@ class _Records:
         if not self.records:
             return False
         for rec in self.records.values():
-            if (rec.version != str(self.measure.version) or rec.params != self.params
-                    or rec.sha256[row] != self.sha[row] or row in rec.errors):
+            if (
+                rec.version != str(self.measure.version)
+                or rec.params != self.params
+                or rec.sha256[row] != self.sha[row]
+                or row in rec.errors
+            ):
                 return False
         return True
 
@@ -133,16 +146,18 @@ class _Records:
         rec = self.records.get(name)
         if rec is None or rec.version != str(self.measure.version) or rec.params != self.params:
             # a new version or new params make every older value stale: start the record afresh
-            rec = MeasureRecord.empty(self.n, plugin=self.owner, version=str(self.measure.version),
-                                      params=self.params)
+            rec = MeasureRecord.empty(self.n, plugin=self.owner, version=str(self.measure.version), params=self.params)
             self.records[name] = rec
         self.dirty.add(name)
         return rec
 
     def store(self, row: int, value: float | dict[str, float]) -> None:
         """Store a computed value (or dict of values) for ``row``."""
-        items = {self.measure.name: value} if not isinstance(value, dict) else {
-            f"{self.measure.name}.{k}": v for k, v in value.items()}
+        items = (
+            {self.measure.name: value}
+            if not isinstance(value, dict)
+            else {f"{self.measure.name}.{k}": v for k, v in value.items()}
+        )
         for name in list(self.records):
             if name not in items:  # a key not returned this time (or a failure record): no value, no error
                 items[name] = math.nan
@@ -179,10 +194,11 @@ def _fit(rec: MeasureRecord, n: int) -> MeasureRecord:
     if m == n:
         return rec
     values = np.full(n, np.nan)
-    values[:min(m, n)] = rec.values[:n]
+    values[: min(m, n)] = rec.values[:n]
     sha = (list(rec.sha256) + [""] * n)[:n]
-    return MeasureRecord(values, rec.plugin, rec.version, rec.params, sha,
-                         {k: v for k, v in rec.errors.items() if k < n})
+    return MeasureRecord(
+        values, rec.plugin, rec.version, rec.params, sha, {k: v for k, v in rec.errors.items() if k < n}
+    )
 
 
 def _nonfinite_message(view: CheckpointView, measure: str) -> str:
@@ -262,10 +278,19 @@ def select_runs(stores: Iterable[str | Path], pattern: str | None = None) -> tup
     return runs, errors
 
 
-def analyze_store(stores: Iterable[str | Path] | str | Path, measures: Sequence[str] | None = None, *,
-                  runs: str | None = None, force: bool = False, device: str = "cpu",
-                  data_root: str | None = None, executor: str = "local", jobs: int = 1,
-                  progress: bool = False, **executor_options: Any) -> AnalyzeSummary:
+def analyze_store(
+    stores: Iterable[str | Path] | str | Path,
+    measures: Sequence[str] | None = None,
+    *,
+    runs: str | None = None,
+    force: bool = False,
+    device: str = "cpu",
+    data_root: str | None = None,
+    executor: str = "local",
+    jobs: int = 1,
+    progress: bool = False,
+    **executor_options: Any,
+) -> AnalyzeSummary:
     """Analyse every matching run of ``stores``; return the counts and per-item failures.
 
     ``measures`` are registered measure names (default :data:`DEFAULT_MEASURES`);
@@ -279,8 +304,9 @@ def analyze_store(stores: Iterable[str | Path] | str | Path, measures: Sequence[
     summary = AnalyzeSummary(run_errors=errors)
     if not selected:
         if not errors:
-            raise ConfigError(f"no runs to analyse in {', '.join(str(s) for s in stores)}"
-                              + (f" matching {runs!r}" if runs else ""))
+            raise ConfigError(
+                f"no runs to analyse in {', '.join(str(s) for s in stores)}" + (f" matching {runs!r}" if runs else "")
+            )
         return summary
     inner = progress and jobs <= 1
     tasks = [RunTask(str(r.path), tuple(m.name for m in chosen), force, device, data_root, inner) for r in selected]

@@ -7,10 +7,12 @@
   numpy arrays.
 - :func:`compute`: one measure on one checkpoint file, without storing.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +42,9 @@ def load_curves(run: Run | str | Path, measures: Sequence[str] | None = None) ->
     return out
 
 
-def measure_table(stores: Iterable[str | Path] | str | Path, measures: Sequence[str] | None = None, *,
-                  runs: str | None = None) -> Any:
+def measure_table(
+    stores: Iterable[str | Path] | str | Path, measures: Sequence[str] | None = None, *, runs: str | None = None
+) -> Any:
     """All matching runs in long format: run_id, P, seed, the checkpoint columns, the measures.
 
     Returns a pandas DataFrame when pandas is importable, otherwise a dict of
@@ -68,8 +71,14 @@ def measure_table(stores: Iterable[str | Path] | str | Path, measures: Sequence[
     return pd.DataFrame(table)
 
 
-def compute(measure: str, checkpoint: str | Path, *, run: Run | str | Path | None = None,
-            state: dict[str, Any] | None = None, device: str = "cpu") -> float | dict[str, float]:
+def compute(
+    measure: str,
+    checkpoint: str | Path,
+    *,
+    run: Run | str | Path | None = None,
+    state: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> float | dict[str, float]:
     """The value of ``measure`` on one checkpoint file (of ``run`` when given, for its spec and data).
 
     Pass the same ``state`` dict over successive checkpoints to keep warm starts.

@@ -13,9 +13,11 @@ scipy.stats.bootstrap resamples several samples independently too, but it
 cannot leave failed replicates out, and it refuses a P with a single seed;
 hence the explicit loop.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -34,9 +36,18 @@ BOOTSTRAP_EXPONENTS: dict[str, Callable[[Any], float]] = {
 }
 
 
-def bootstrap_exponents(grid: SeedGrid, window: tuple[float, float], options: FitOptions, *, n: int,
-                        seed: int = 0, level: float = 0.95, lambda_star: Mapping[int, float] | None = None,
-                        lambda_star_source: str = "", progress: bool = False) -> dict[str, Any]:
+def bootstrap_exponents(
+    grid: SeedGrid,
+    window: tuple[float, float],
+    options: FitOptions,
+    *,
+    n: int,
+    seed: int = 0,
+    level: float = 0.95,
+    lambda_star: Mapping[int, float] | None = None,
+    lambda_star_source: str = "",
+    progress: bool = False,
+) -> dict[str, Any]:
     """Percentile intervals of gamma1, gamma2, gamma_pred, gamma_meas from ``n`` seed resamples.
 
     Returns ``{"level", "n_boot", "n_failed", "seed", "method", NAME: [lo, hi], "samples": {NAME: array}}``.
@@ -63,8 +74,13 @@ def bootstrap_exponents(grid: SeedGrid, window: tuple[float, float], options: Fi
     if failed == n:
         raise FitError(f"every one of the {n} bootstrap replicates failed to fit; check the window and the data")
     q = [50.0 * (1.0 - level), 50.0 * (1.0 + level)]
-    out: dict[str, Any] = {"level": level, "n_boot": n, "n_failed": failed, "seed": seed,
-                           "method": "percentile, seeds resampled within each P"}
+    out: dict[str, Any] = {
+        "level": level,
+        "n_boot": n,
+        "n_failed": failed,
+        "seed": seed,
+        "method": "percentile, seeds resampled within each P",
+    }
     samples = {k: np.array(v) for k, v in values.items()}
     for name, arr in samples.items():
         out[name] = [float(x) for x in np.percentile(arr, q)]

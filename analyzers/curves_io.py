@@ -12,6 +12,7 @@ CURVES.csv holds either
 LSTAR.csv has columns ``P,lambda_star`` (one row per P). Extra columns are
 ignored. Every lambda, test_error and lambda_star must be > 0 (log-log fits).
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,10 @@ def _read_rows(path: Path, required: tuple[str, ...], expected: str) -> tuple[li
         rows = list(reader)
     missing = [c for c in required if c not in header]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'}); "
-                        f"expected {expected}")
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'}); "
+            f"expected {expected}"
+        )
     if not rows:
         raise DataError(f"{path}: no data rows")
     return header, rows
@@ -97,9 +100,12 @@ def _seed_curves(path: Path, parsed: list[tuple[int, int, float, float]]) -> lis
             groups.setdefault((P, seed), []).append((lam, err))
     if not groups:
         raise DataError(f"{path}: every row has an empty lambda or test_error")
-    return [SeedCurve(P, seed, np.log10([p[0] for p in pts]), np.array([p[1] for p in pts]),
-                      source=f"{path} (P={P}, seed={seed})")
-            for (P, seed), pts in sorted(groups.items())]
+    return [
+        SeedCurve(
+            P, seed, np.log10([p[0] for p in pts]), np.array([p[1] for p in pts]), source=f"{path} (P={P}, seed={seed})"
+        )
+        for (P, seed), pts in sorted(groups.items())
+    ]
 
 
 def _mean_curves(path: Path, parsed: list[tuple[int, int, float, float]]) -> MeanCurves:
@@ -110,8 +116,10 @@ def _mean_curves(path: Path, parsed: list[tuple[int, int, float, float]]) -> Mea
     for p, _, lam, err in parsed:
         i, j = int(np.searchsorted(P, p)), int(np.searchsorted(log10_grid, math.log10(lam)))
         if filled[i, j]:
-            raise DataError(f"{path}: two rows for P={p}, lambda={lam:g}; mean curves have one value per point "
-                            "(add a seed column for per-seed curves)")
+            raise DataError(
+                f"{path}: two rows for P={p}, lambda={lam:g}; mean curves have one value per point "
+                "(add a seed column for per-seed curves)"
+            )
         mean[i, j], filled[i, j] = err, True
     curves = MeanCurves(log10_grid, P, mean, np.full(P.size, np.nan), "grid argmin")
     empty = [int(p) for p, row in zip(P, mean) if not np.any(np.isfinite(row))]

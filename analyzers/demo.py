@@ -12,13 +12,15 @@
 Everything is deterministic given ``seed`` (CPU, one thread per worker).
 The settings, and what was tried to find them, are in docs/demo.md.
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from normdyn.analyzers.analyze import analyze_store
 from normdyn.analyzers.perceptron_commands import QUICK, fit_options
@@ -66,20 +68,41 @@ def demo_plan(*, quick: bool = False, seed: int = 0) -> DemoPlan:
     # for every P and seed): the noise makes the overfitting branch after each test-error minimum clear. Equal
     # step counts for every P keep the sweep cheap; 3000 steps pass the latest minimum (P = 4000, near step 500)
     # by a factor 6 (docs/demo.md: what was tried and why).
-    train = dict(model="cnn1d", dataset="mnist1d", dataset_params={"label_noise": 0.2}, optimizer="adam", lr=1e-2,
-                 batch_size=128, init_factor=1.0, steps=3000, schedule="log:30")
+    train = dict(
+        model="cnn1d",
+        dataset="mnist1d",
+        dataset_params={"label_noise": 0.2},
+        optimizer="adam",
+        lr=1e-2,
+        batch_size=128,
+        init_factor=1.0,
+        steps=3000,
+        schedule="log:30",
+    )
     # The perceptron command's quick experiment, without the step-0 checkpoint.
-    perceptron = replace(QUICK, seeds=seeds, teacher_seed=seed, schedule=perceptron_schedule(30, QUICK.steps),
-                         extra={"mode": "demo"})
+    perceptron = replace(
+        QUICK, seeds=seeds, teacher_seed=seed, schedule=perceptron_schedule(30, QUICK.steps), extra={"mode": "demo"}
+    )
     fit: dict[str, Any] = {}  # the automatic law-1 window, every P
     if quick:
         # A smoke test: 1200 steps still pass every minimum, the rise after it is shorter.
         train.update(steps=1200, schedule="log:15")
-        perceptron = replace(perceptron, seeds=seeds[:2], steps=1500, schedule=perceptron_schedule(20, 1500),
-                             extra={"mode": "demo-quick"})
+        perceptron = replace(
+            perceptron,
+            seeds=seeds[:2],
+            steps=1500,
+            schedule=perceptron_schedule(20, 1500),
+            extra={"mode": "demo-quick"},
+        )
         return DemoPlan(P=(250, 1000, 4000), seeds=seeds[:2], train=train, perceptron=perceptron, fit=fit)
-    return DemoPlan(P=(250, 500, 1000, 2000, 4000), seeds=seeds, train=train, perceptron=perceptron,
-                    extra_measures=("path_norm",), fit=fit)
+    return DemoPlan(
+        P=(250, 500, 1000, 2000, 4000),
+        seeds=seeds,
+        train=train,
+        perceptron=perceptron,
+        extra_measures=("path_norm",),
+        fit=fit,
+    )
 
 
 @dataclass
@@ -94,17 +117,24 @@ class DemoResult:
 
 
 def _train_mnist1d(plan: DemoPlan, store: Path, data_root: Path, jobs: int, say: Callable[[str], None]) -> list[str]:
-    configs = [TrainConfig.from_mapping({**plan.train, "P": P, "seed": s, "store": str(store),
-                                         "data_root": str(data_root), "device": "cpu"}, source="demo").validate()
-               for P in plan.P for s in plan.seeds]
+    configs = [
+        TrainConfig.from_mapping(
+            {**plan.train, "P": P, "seed": s, "store": str(store), "data_root": str(data_root), "device": "cpu"},
+            source="demo",
+        ).validate()
+        for P in plan.P
+        for s in plan.seeds
+    ]
     failures = []
     done = 0
     for task, outcome in run_sweep(configs, store=str(store), progress=False, device="cpu", jobs=jobs):
         done += 1
         if isinstance(outcome, BaseException):
             failures.append(f"training {task['config']['P']}/{task['config']['seed']}: {outcome}")
-        say(f"  [{done}/{len(configs)}] P={task['config']['P']} seed={task['config']['seed']}: "
-            f"{'failed' if isinstance(outcome, BaseException) else 'done'}")
+        say(
+            f"  [{done}/{len(configs)}] P={task['config']['P']} seed={task['config']['seed']}: "
+            f"{'failed' if isinstance(outcome, BaseException) else 'done'}"
+        )
     return failures
 
 
@@ -113,9 +143,19 @@ def _analyze(store: Path, measures: tuple[str, ...], jobs: int) -> list[str]:
     return summary.run_errors + [f for o in summary.outcomes for f in o.failures]
 
 
-def run_demo(out: str | os.PathLike[str], *, quick: bool = False, seed: int = 0, jobs: int = 2,
-             plan: DemoPlan | None = None, say: Callable[[str], None] = lambda line: None) -> DemoResult:
-    """Run the demo into the new directory ``out`` (``plan`` overrides :func:`demo_plan`); ``say`` gets progress lines."""
+def run_demo(
+    out: str | os.PathLike[str],
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    jobs: int = 2,
+    plan: DemoPlan | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> DemoResult:
+    """Run the demo into the new directory ``out``.
+
+    ``plan`` overrides :func:`demo_plan`; ``say`` gets progress lines.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: not empty; the demo writes into a new directory (delete it or choose another)")
@@ -123,8 +163,10 @@ def run_demo(out: str | os.PathLike[str], *, quick: bool = False, seed: int = 0,
     stores = {"mnist1d": out / "stores" / "mnist1d", "perceptron": out / "stores" / "perceptron"}
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    say(f"training {len(plan.P) * len(plan.seeds)} MNIST-1D runs (P = {', '.join(map(str, plan.P))}; "
-        f"{len(plan.seeds)} seeds) ...")
+    say(
+        f"training {len(plan.P) * len(plan.seeds)} MNIST-1D runs (P = {', '.join(map(str, plan.P))}; "
+        f"{len(plan.seeds)} seeds) ..."
+    )
     failures = _train_mnist1d(plan, stores["mnist1d"], out / "data", jobs, say)
     seconds["train_mnist1d"] = time.perf_counter() - t0
     t = time.perf_counter()
@@ -133,8 +175,10 @@ def run_demo(out: str | os.PathLike[str], *, quick: bool = False, seed: int = 0,
     seconds["analyze_mnist1d"] = time.perf_counter() - t
     t = time.perf_counter()
     exp = plan.perceptron
-    say(f"training {len(exp.alphas) * len(exp.seeds)} perceptrons (N = {exp.N}, alpha = "
-        f"{', '.join(f'{a:g}' for a in exp.alphas)}) ...")
+    say(
+        f"training {len(exp.alphas) * len(exp.seeds)} perceptrons (N = {exp.N}, alpha = "
+        f"{', '.join(f'{a:g}' for a in exp.alphas)}) ..."
+    )
     stores["perceptron"].mkdir(parents=True, exist_ok=True)
     try:
         run_experiment(exp, stores["perceptron"])
@@ -145,14 +189,21 @@ def run_demo(out: str | os.PathLike[str], *, quick: bool = False, seed: int = 0,
     seconds["perceptron"] = time.perf_counter() - t
     t = time.perf_counter()
     say("fitting and writing the report ...")
-    report = build_report([str(stores["mnist1d"]), str(stores["perceptron"])], out / "report", fit_kwargs=plan.fit,
-                          store_fit_kwargs={str(stores["perceptron"]): {"options": fit_options(exp)}}, command_line=f"normdyn demo --out {out} --seed {seed}"
-                          + (" --quick" if quick else ""))
+    report = build_report(
+        [str(stores["mnist1d"]), str(stores["perceptron"])],
+        out / "report",
+        fit_kwargs=plan.fit,
+        store_fit_kwargs={str(stores["perceptron"]): {"options": fit_options(exp)}},
+        command_line=f"normdyn demo --out {out} --seed {seed}" + (" --quick" if quick else ""),
+    )
     seconds["report"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
-    exponents = {Path(t.store).name + "/" + t.measure: {k: (t.fit_json or {}).get(k) for k in
-                                                        (*EXPONENT_KEYS, "gamma1_err", "gamma2_err", "sigma",
-                                                         "gamma_meas_err")}
-                 for t in report.targets}
+    exponents = {
+        Path(t.store).name + "/" + t.measure: {
+            k: (t.fit_json or {}).get(k)
+            for k in (*EXPONENT_KEYS, "gamma1_err", "gamma2_err", "sigma", "gamma_meas_err")
+        }
+        for t in report.targets
+    }
     failures += [f"report {t.store} {t.measure}: {t.error or t.fit_error or t.section_errors}" for t in report.failed]
     return DemoResult(out, report, exponents, seconds, failures)

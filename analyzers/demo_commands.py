@@ -1,4 +1,5 @@
 """The ``normdyn demo`` command: the whole loop (train, analyse, fit, report) on built-in data."""
+
 from __future__ import annotations
 
 import sys
@@ -22,14 +23,21 @@ def format_exponents(result: DemoResult) -> list[str]:
     """One line per fitted experiment: gamma1, gamma2, gamma_pred and gamma_meas with their errors."""
     lines = []
     for name, e in result.exponents.items():
-        lines.append(f"{name}: gamma1 = {_pm(e['gamma1'], e['gamma1_err'])}, gamma2 = {_pm(e['gamma2'], e['gamma2_err'])}, "
-                     f"gamma_pred = {_pm(e['gamma_pred'], e['sigma'])}, gamma_meas = {_pm(e['gamma_meas'], e['gamma_meas_err'])}")
+        lines.append(
+            f"{name}: gamma1 = {_pm(e['gamma1'], e['gamma1_err'])}, gamma2 = {_pm(e['gamma2'], e['gamma2_err'])}, "
+            f"gamma_pred = {_pm(e['gamma_pred'], e['sigma'])}, gamma_meas = {_pm(e['gamma_meas'], e['gamma_meas_err'])}"
+        )
     return lines
 
 
 @click.command("demo")
-@click.option("--out", default="normdyn-demo", show_default=True, type=click.Path(file_okay=False),
-              help="New directory for the stores, the MNIST-1D cache and the report.")
+@click.option(
+    "--out",
+    default="normdyn-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="New directory for the stores, the MNIST-1D cache and the report.",
+)
 @click.option("--quick", is_flag=True, help="A smaller run for smoke tests (about 2 minutes on 2 cores).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the runs, the teacher and the data order.")
 @click.option("--jobs", "-j", type=int, default=2, show_default=True, help="Training and analysis worker processes.")

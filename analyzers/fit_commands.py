@@ -1,9 +1,11 @@
 """The ``normdyn fit`` command: scaling-law fits of a store or of curves from a CSV file."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -27,16 +29,31 @@ def parse_where(items: tuple[str, ...]) -> dict[str, str]:
 
 
 _LAW_OPTIONS = (
-    click.option("--where", multiple=True, metavar="KEY=VALUE",
-                 help="Keep runs whose config KEY equals VALUE (repeatable)."),
-    click.option("--grid", type=(float, float, int), default=None, metavar="A B N",
-                 help="Common grid: N points from 10^A to 10^B (default: the data's range, 50 points)."),
-    click.option("--window", type=(float, float), default=None, metavar="LO HI",
-                 help="Law-1 window in lambda/lambda* (default: chosen automatically)."),
+    click.option(
+        "--where", multiple=True, metavar="KEY=VALUE", help="Keep runs whose config KEY equals VALUE (repeatable)."
+    ),
+    click.option(
+        "--grid",
+        type=(float, float, int),
+        default=None,
+        metavar="A B N",
+        help="Common grid: N points from 10^A to 10^B (default: the data's range, 50 points).",
+    ),
+    click.option(
+        "--window",
+        type=(float, float),
+        default=None,
+        metavar="LO HI",
+        help="Law-1 window in lambda/lambda* (default: chosen automatically).",
+    ),
     click.option("--law1-min-P", "law1_min_P", type=int, default=None, help="Law 1 uses P >= this."),
     click.option("--law2-min-P", "law2_min_P", type=int, default=None, help="Law 2 uses P >= this."),
-    click.option("--method", default="paper", show_default=True,
-                 help="Law-1 estimator: paper (mean of per-P slopes, the reference) or pooled (one OLS)."),
+    click.option(
+        "--method",
+        default="paper",
+        show_default=True,
+        help="Law-1 estimator: paper (mean of per-P slopes, the reference) or pooled (one OLS).",
+    ),
 )
 
 
@@ -51,20 +68,43 @@ def law_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.command("fit")
 @click.argument("store", required=False, type=click.Path(file_okay=False))
 @click.option("--measure", help="Stored measure that plays lambda (with STORE).")
-@click.option("--curves", "curves_csv", type=click.Path(dir_okay=False),
-              help="CSV with P,seed,lambda,test_error (per-seed) or P,lambda,test_error (mean curves).")
-@click.option("--lambda-star", "lambda_star_csv", type=click.Path(dir_okay=False),
-              help="CSV with P,lambda_star: replaces lambda* for law 2.")
+@click.option(
+    "--curves",
+    "curves_csv",
+    type=click.Path(dir_okay=False),
+    help="CSV with P,seed,lambda,test_error (per-seed) or P,lambda,test_error (mean curves).",
+)
+@click.option(
+    "--lambda-star",
+    "lambda_star_csv",
+    type=click.Path(dir_okay=False),
+    help="CSV with P,lambda_star: replaces lambda* for law 2.",
+)
 @law_options
 @click.option("--law2-offset", is_flag=True, help="Fit lambda*(P) = k2 P^gamma2 + c.")
 @click.option("--bootstrap", type=int, default=0, show_default=True, help="Seed-bootstrap replicates (0: none).")
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True, help="RNG seed of the bootstrap.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON here ('-': stdout).")
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON here ('-': stdout)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def fit_command(store: str | None, measure: str | None, where: tuple[str, ...], curves_csv: str | None,
-                lambda_star_csv: str | None, grid: tuple[float, float, int] | None, window: tuple[float, float] | None,
-                law1_min_P: int | None, law2_min_P: int | None, method: str, law2_offset: bool, bootstrap: int,
-                bootstrap_seed: int, json_out: str | None, quiet: bool) -> None:
+def fit_command(
+    store: str | None,
+    measure: str | None,
+    where: tuple[str, ...],
+    curves_csv: str | None,
+    lambda_star_csv: str | None,
+    grid: tuple[float, float, int] | None,
+    window: tuple[float, float] | None,
+    law1_min_P: int | None,
+    law2_min_P: int | None,
+    method: str,
+    law2_offset: bool,
+    bootstrap: int,
+    bootstrap_seed: int,
+    json_out: str | None,
+    quiet: bool,
+) -> None:
     """Fit law 1, law 2 and their product on STORE (with --measure) or on --curves CSV."""
     if (store is None) == (curves_csv is None):
         raise click.UsageError("give either STORE (with --measure) or --curves CURVES.csv")
@@ -72,8 +112,9 @@ def fit_command(store: str | None, measure: str | None, where: tuple[str, ...], 
         raise click.UsageError("STORE needs --measure NAME (the measure that plays lambda)")
     if curves_csv is not None and (measure or where):
         raise click.UsageError("--measure and --where select runs of a STORE; they do not apply to --curves")
-    options = FitOptions(window=window, law1_min_P=law1_min_P, law2_min_P=law2_min_P, method=method,
-                         law2_offset=law2_offset)
+    options = FitOptions(
+        window=window, law1_min_P=law1_min_P, law2_min_P=law2_min_P, method=method, law2_offset=law2_offset
+    )
     kwargs = dict(options=options, grid=grid, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=not quiet)
     if lambda_star_csv is not None:
         kwargs.update(lambda_star=read_lambda_star_csv(lambda_star_csv), lambda_star_source=lambda_star_csv)

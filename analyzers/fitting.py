@@ -7,12 +7,14 @@ mean curves from elsewhere). Both return a :class:`FitResult`, whose
 whose attributes hold what figures need (grid, mean curves, collapse,
 lambda*, eps*, the predicted eps* curve). See docs/fitting.md.
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,43 +83,58 @@ class FitResult:
         rows = []
         for i, p in enumerate(c.P.tolist()):
             gamma, err = g1.get(p, (None, None)) if in1[i] else (None, None)
-            rows.append({
-                "P": int(p),
-                "lambda_star": _num(10.0 ** c.log10_lambda_star[i]),
-                "lambda_star_grid": _num(10.0 ** c.log10_lambda_star_grid[i]),
-                "eps_star": _num(c.eps_star[i]),
-                "eps_star_pred": _num(pred[i]),
-                "n_seeds": None if c.n_runs is None else int(c.n_runs[i]),
-                "gamma1_P": _num(gamma),
-                "gamma1_P_err": _num(err),
-                "in_law1": bool(in1[i]),
-                "in_law2": bool(in2[i]),
-            })
+            rows.append(
+                {
+                    "P": int(p),
+                    "lambda_star": _num(10.0 ** c.log10_lambda_star[i]),
+                    "lambda_star_grid": _num(10.0 ** c.log10_lambda_star_grid[i]),
+                    "eps_star": _num(c.eps_star[i]),
+                    "eps_star_pred": _num(pred[i]),
+                    "n_seeds": None if c.n_runs is None else int(c.n_runs[i]),
+                    "gamma1_P": _num(gamma),
+                    "gamma1_P_err": _num(err),
+                    "in_law1": bool(in1[i]),
+                    "in_law2": bool(in2[i]),
+                }
+            )
         return rows
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``normdyn fit --json`` writes (docs/fitting.md lists every key)."""
         f, P = self.fits, self.curves.P
         out: dict[str, Any] = {
-            "gamma1": _num(f.law1.gamma1_), "gamma1_err": _num(f.law1.gamma1_err_), "k1": _num(f.law1.k1_),
-            "gamma2": _num(f.law2.gamma2_), "gamma2_err": _num(f.law2.gamma2_err_), "k2": _num(f.law2.k2_),
+            "gamma1": _num(f.law1.gamma1_),
+            "gamma1_err": _num(f.law1.gamma1_err_),
+            "k1": _num(f.law1.k1_),
+            "gamma2": _num(f.law2.gamma2_),
+            "gamma2_err": _num(f.law2.gamma2_err_),
+            "k2": _num(f.law2.k2_),
             "gamma_pred": _num(f.combined.gamma_pred_),
-            "gamma_meas": _num(f.measured.gamma_meas_), "gamma_meas_err": _num(f.measured.gamma_meas_err_),
-            "sigma": _num(f.combined.sigma_), "z": _num(f.combined.z_),
+            "gamma_meas": _num(f.measured.gamma_meas_),
+            "gamma_meas_err": _num(f.measured.gamma_meas_err_),
+            "sigma": _num(f.combined.sigma_),
+            "z": _num(f.combined.z_),
             "window": [_num(self.window[0]), _num(self.window[1])],
-            "law1_min_P": int(P[self.law1_P].min()), "law2_min_P": int(P[self.law2_P].min()),
+            "law1_min_P": int(P[self.law1_P].min()),
+            "law2_min_P": int(P[self.law2_P].min()),
             "method": self.options.method,
             "window_auto": self.window_auto,
-            "gamma1_pooled": _num(f.law1.gamma1_pooled_), "gamma1_pooled_err": _num(f.law1.gamma1_pooled_err_),
+            "gamma1_pooled": _num(f.law1.gamma1_pooled_),
+            "gamma1_pooled_err": _num(f.law1.gamma1_pooled_err_),
             "law2_offset": _num(f.law2.offset_) if self.options.law2_offset else None,
             "k_meas": _num(f.measured.k_meas_),
-            "eps_star_pred_prefactor": _num(10.0 ** f.combined.log10_prefactor_),
+            "eps_star_pred_prefactor": _num(10.0**f.combined.log10_prefactor_),
             "lambda_star_source": self.curves.lambda_star_source,
-            "grid": [_num(self.curves.log10_grid[0]), _num(self.curves.log10_grid[-1]), int(self.curves.log10_grid.size)],
+            "grid": [
+                _num(self.curves.log10_grid[0]),
+                _num(self.curves.log10_grid[-1]),
+                int(self.curves.log10_grid.size),
+            ],
             "dropped_checkpoints": None if self.seed_grid is None else self.seed_grid.dropped,
             "per_P": self.per_P(),
-            "window_sensitivity": [{k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()}
-                                   for row in self.window_sensitivity],
+            "window_sensitivity": [
+                {k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()} for row in self.window_sensitivity
+            ],
             "source": self.source,
             "notes": list(self.notes),
         }
@@ -147,15 +164,36 @@ class FitResult:
         ]
         if self.ci is not None:
             ci = self.ci
-            lines.append(f"bootstrap {ci['level']:.0%} intervals ({ci['n_boot']} replicates, {ci['n_failed']} failed): "
-                         + ", ".join(f"{k} [{ci[k][0]:.4g}, {ci[k][1]:.4g}]"
-                                     for k in ("gamma1", "gamma2", "gamma_pred", "gamma_meas")))
+            lines.append(
+                f"bootstrap {ci['level']:.0%} intervals ({ci['n_boot']} replicates, {ci['n_failed']} failed): "
+                + ", ".join(
+                    f"{k} [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" for k in ("gamma1", "gamma2", "gamma_pred", "gamma_meas")
+                )
+            )
         headers = ["P", "lambda_star", "eps_star", "eps_star_pred", "n_seeds", "gamma1_P"]
-        rows = [[r["P"], _cell(r["lambda_star"]), _cell(r["eps_star"]), _cell(r["eps_star_pred"]),
-                 "-" if r["n_seeds"] is None else r["n_seeds"], _cell(r["gamma1_P"])] for r in j["per_P"]]
+        rows = [
+            [
+                r["P"],
+                _cell(r["lambda_star"]),
+                _cell(r["eps_star"]),
+                _cell(r["eps_star_pred"]),
+                "-" if r["n_seeds"] is None else r["n_seeds"],
+                _cell(r["gamma1_P"]),
+            ]
+            for r in j["per_P"]
+        ]
         lines += ["", format_table(headers, rows), "", "gamma1 with the window edges moved (decades):"]
-        sens = [[f"{r['shift_lo']:+.1f}", f"{r['shift_hi']:+.1f}", r["lo"], r["hi"], _cell(r["gamma1"]),
-                 _cell(r["gamma1_err"])] for r in self.window_sensitivity]
+        sens = [
+            [
+                f"{r['shift_lo']:+.1f}",
+                f"{r['shift_hi']:+.1f}",
+                r["lo"],
+                r["hi"],
+                _cell(r["gamma1"]),
+                _cell(r["gamma1_err"]),
+            ]
+            for r in self.window_sensitivity
+        ]
         lines.append(format_table(["d_lo", "d_hi", "lo", "hi", "gamma1", "gamma1_err"], sens))
         return "\n".join(lines)
 
@@ -175,10 +213,18 @@ def _resolve_window(mean: MeanCurves, options: FitOptions) -> tuple[tuple[float,
     return choice.window, True
 
 
-def fit_curves(curves: Sequence[SeedCurve] | SeedGrid | MeanCurves, *, options: FitOptions = FitOptions(),
-               grid: tuple[float, float, int] | None = None, lambda_star: Mapping[int, float] | None = None,
-               lambda_star_source: str = "lambda_star file", bootstrap: int = 0, bootstrap_seed: int = 0,
-               ci_level: float = 0.95, progress: bool = False) -> FitResult:
+def fit_curves(
+    curves: Sequence[SeedCurve] | SeedGrid | MeanCurves,
+    *,
+    options: FitOptions = FitOptions(),
+    grid: tuple[float, float, int] | None = None,
+    lambda_star: Mapping[int, float] | None = None,
+    lambda_star_source: str = "lambda_star file",
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    ci_level: float = 0.95,
+    progress: bool = False,
+) -> FitResult:
     """Fit both laws on per-seed curves (aggregated on ``grid``, automatic if None) or on mean curves.
 
     ``lambda_star`` (P -> lambda*) replaces the law-2 lambda*. ``bootstrap``
@@ -203,21 +249,33 @@ def fit_curves(curves: Sequence[SeedCurve] | SeedGrid | MeanCurves, *, options: 
     sensitivity = window_sensitivity(mean.log10_grid, mean.mean_error[m1], mean.P[m1], window, method=options.method)
     notes = []
     if seed_grid is not None and seed_grid.dropped:
-        notes.append(f"{seed_grid.dropped} checkpoint(s) where lambda did not exceed all earlier values were left "
-                     "out of the interpolation (non-monotone lambda(t))")
+        notes.append(
+            f"{seed_grid.dropped} checkpoint(s) where lambda did not exceed all earlier values were left "
+            "out of the interpolation (non-monotone lambda(t))"
+        )
     ci = None
     if bootstrap:
         if seed_grid is None:
             raise FitError("--bootstrap resamples seeds: it needs per-seed curves (columns P,seed,lambda,test_error)")
-        ci = bootstrap_exponents(seed_grid, window, options, n=bootstrap, seed=bootstrap_seed, level=ci_level,
-                                 lambda_star=lambda_star, lambda_star_source=lambda_star_source, progress=progress)
+        ci = bootstrap_exponents(
+            seed_grid,
+            window,
+            options,
+            n=bootstrap,
+            seed=bootstrap_seed,
+            level=ci_level,
+            lambda_star=lambda_star,
+            lambda_star_source=lambda_star_source,
+            progress=progress,
+        )
         if any(len(s) < 2 for s in seed_grid.seeds):
             notes.append("some P have a single seed: the bootstrap cannot see their seed-to-seed scatter")
     return FitResult(mean, fits, window, auto, sensitivity, options, seed_grid, ci, notes)
 
 
-def fit_store(store: str | os.PathLike[str], measure: str, *, where: Mapping[str, str] | None = None,
-              **kwargs: Any) -> FitResult:
+def fit_store(
+    store: str | os.PathLike[str], measure: str, *, where: Mapping[str, str] | None = None, **kwargs: Any
+) -> FitResult:
     """Fit the runs of ``store`` (one experiment, selected by ``where``) with lambda = ``measure``.
 
     Keyword arguments are those of :func:`fit_curves`; runs that cannot be

@@ -8,14 +8,16 @@ is refused, never executed. Each file's training step comes from its name
 (lines ``FILENAME STEP``). A file that cannot be imported is reported and the
 others are imported.
 """
+
 from __future__ import annotations
 
 import json
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -24,8 +26,16 @@ from normdyn.core.checkpoint import CheckpointFile
 from normdyn.core.errors import ConfigError, StoreError
 from normdyn.core.store import Run
 
-__all__ = ["ImportResult", "import_checkpoints", "load_foreign_state_dict", "read_steps_file", "step_from_name",
-           "read_model_spec", "read_json_object", "SUFFIXES"]
+__all__ = [
+    "ImportResult",
+    "import_checkpoints",
+    "load_foreign_state_dict",
+    "read_steps_file",
+    "step_from_name",
+    "read_model_spec",
+    "read_json_object",
+    "SUFFIXES",
+]
 
 SUFFIXES = (".safetensors", ".pt", ".pth")
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
@@ -76,9 +86,11 @@ def load_foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise StoreError(f"{path}: refused: the file holds pickled objects other than tensors "
-                         f"(torch.load weights_only=True: {first}); re-save it as a plain state dict "
-                         f"(torch.save(model.state_dict(), ...)) or as safetensors") from None
+        raise StoreError(
+            f"{path}: refused: the file holds pickled objects other than tensors "
+            f"(torch.load weights_only=True: {first}); re-save it as a plain state dict "
+            f"(torch.save(model.state_dict(), ...)) or as safetensors"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise StoreError(f"{path}: not a readable torch file ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, Mapping):
@@ -94,9 +106,17 @@ def load_foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-def import_checkpoints(src: str | Path, store: str | Path, *, model_spec: Mapping[str, Any] | None = None,
-                       dataset: Mapping[str, Any] | None = None, steps_file: str | Path | None = None,
-                       run_id: str | None = None, P: int = 0, seed: int = 0) -> ImportResult:
+def import_checkpoints(
+    src: str | Path,
+    store: str | Path,
+    *,
+    model_spec: Mapping[str, Any] | None = None,
+    dataset: Mapping[str, Any] | None = None,
+    steps_file: str | Path | None = None,
+    run_id: str | None = None,
+    P: int = 0,
+    seed: int = 0,
+) -> ImportResult:
     """Import the checkpoint files of folder ``src`` as run ``run_id`` of ``store``.
 
     An existing run of that id is extended: steps it already holds are
@@ -130,8 +150,16 @@ def import_checkpoints(src: str | Path, store: str | Path, *, model_spec: Mappin
         names = ", ".join(p.name for p in by_step[step])
         result.errors.append(f"{src}: step {step} is shared by {names} (none imported); use --steps FILE")
     Path(store).mkdir(parents=True, exist_ok=True)
-    run = Run.create(store, result.run_path.name, config={"imported_from": str(src.resolve())},
-                     model_spec=dict(model_spec or {}), dataset=dict(dataset or {}), P=P, seed=seed, exist_ok=True)
+    run = Run.create(
+        store,
+        result.run_path.name,
+        config={"imported_from": str(src.resolve())},
+        model_spec=dict(model_spec or {}),
+        dataset=dict(dataset or {}),
+        P=P,
+        seed=seed,
+        exist_ok=True,
+    )
     have = {int(s) for s in run.checkpoints()["step"]}
     for step, path in sorted(order):
         if step in duplicated:

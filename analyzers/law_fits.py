@@ -4,6 +4,7 @@ The fitters come from the plugin host (``fitters`` registry: ``law1``,
 ``law2``, ``measured``, ``combined``), so a plugin can replace any of them.
 The same function serves the point estimate and every bootstrap replicate.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

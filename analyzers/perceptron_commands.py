@@ -6,6 +6,7 @@ fits both laws with the standard fitters (:func:`normdyn.analyzers.fitting.fit_c
 fits the theory curves with the same fitters and window, and writes the
 report (:mod:`normdyn.analyzers.perceptron_report`) into ``OUT``.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,13 +30,22 @@ from normdyn.core.store import MeasureRecord, Run, list_runs
 from normdyn.core.view import CheckpointView, RunContext
 from normdyn.trainer.perceptron import PerceptronExperiment, run_experiment
 
-__all__ = ["QUICK", "FULL", "store_lambda_measure", "curves_from_store", "theory_curves", "theory_fit", "fit_options",
-           "perceptron_command"]
+__all__ = [
+    "QUICK",
+    "FULL",
+    "store_lambda_measure",
+    "curves_from_store",
+    "theory_curves",
+    "theory_fit",
+    "fit_options",
+    "perceptron_command",
+]
 
 MEASURE = "perceptron_lambda"
 #: Finishes in well under 2 minutes on 2 cores.
-QUICK = PerceptronExperiment(N=200, alphas=(1.0, 2.0, 4.0, 8.0, 16.0), seeds=(0, 1, 2), steps=4000,
-                             schedule="log:30", extra={"mode": "quick"})
+QUICK = PerceptronExperiment(
+    N=200, alphas=(1.0, 2.0, 4.0, 8.0, 16.0), seeds=(0, 1, 2), steps=4000, schedule="log:30", extra={"mode": "quick"}
+)
 #: The default experiment (about 4 minutes on 2 cores).
 FULL = PerceptronExperiment(extra={"mode": "full"})
 #: Law 1's window in lambda/lambda*: between the Hebb plateau (lambda of order 1,
@@ -64,8 +74,16 @@ def store_lambda_measure(runs: list[Run]) -> None:
         table = run.checkpoints()
         state: dict[str, Any] = {}
         values = [measure.compute(CheckpointView.open(run.path / f, context), state) for f in table["file"]]
-        run.write_measure(MEASURE, MeasureRecord(np.asarray(values, dtype=np.float64), owner, measure.version,
-                                                 dict(measure.params), [str(s) for s in table["sha256"]]))
+        run.write_measure(
+            MEASURE,
+            MeasureRecord(
+                np.asarray(values, dtype=np.float64),
+                owner,
+                measure.version,
+                dict(measure.params),
+                [str(s) for s in table["sha256"]],
+            ),
+        )
 
 
 def curves_from_store(runs: list[Run]) -> list[SeedCurve]:
@@ -86,10 +104,15 @@ def theory_curves(alphas: list[float], lam_lo: float, lam_hi_factor: float, n: i
     a = np.array(sorted(alphas), dtype=np.float64)
     curves = [theory.fixed_norm_curve(np.geomspace(lam_lo, lam_hi_factor * x, n), float(x)) for x in a]
     optimum = [theory.optimal_norm(float(x), c) for x, c in zip(a, curves)]
-    return TheoryCurves(a, curves, optimum, np.asarray(theory.eps_hebb(a)),
-                        np.array([theory.eps_gibbs(float(x)) for x in a]),
-                        np.array([theory.eps_bayes(float(x)) for x in a]),
-                        np.array([theory.eps_max_stability(float(x)) for x in a]))
+    return TheoryCurves(
+        a,
+        curves,
+        optimum,
+        np.asarray(theory.eps_hebb(a)),
+        np.array([theory.eps_gibbs(float(x)) for x in a]),
+        np.array([theory.eps_bayes(float(x)) for x in a]),
+        np.array([theory.eps_max_stability(float(x)) for x in a]),
+    )
 
 
 def theory_fit(th: TheoryCurves, sim: FitResult, N: int) -> FitResult:
@@ -103,14 +126,25 @@ def theory_fit(th: TheoryCurves, sim: FitResult, N: int) -> FitResult:
     for curve in th.curves:
         x = np.log10([p.lam for p in curve])
         rows.append(np.interp(grid, x, [p.eps for p in curve], left=np.nan, right=np.nan))
-    mean = MeanCurves(grid, np.array([int(round(a * N)) for a in th.alphas]), np.array(rows),
-                      np.log10([p.lam for p in th.optimum]), "fixed-norm theory")
+    mean = MeanCurves(
+        grid,
+        np.array([int(round(a * N)) for a in th.alphas]),
+        np.array(rows),
+        np.log10([p.lam for p in th.optimum]),
+        "fixed-norm theory",
+    )
     return fit_curves(mean, options=replace(sim.options, window=sim.window))
 
 
 @click.command("perceptron")
-@click.option("--out", "out", type=click.Path(file_okay=False), default="perceptron-report", show_default=True,
-              help="Output directory (must not hold a previous store): OUT/store and the report.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False),
+    default="perceptron-report",
+    show_default=True,
+    help="Output directory (must not hold a previous store): OUT/store and the report.",
+)
 @click.option("--quick", is_flag=True, help="A small experiment (N=200, alpha 1..16, 3 seeds): under 2 minutes.")
 @click.option("--N", "N", type=int, default=None, help="Override the input dimension.")
 @click.option("--alphas", type=str, default=None, help="Override the loads, comma-separated (e.g. 0.5,1,2,4).")
@@ -118,12 +152,25 @@ def theory_fit(th: TheoryCurves, sim: FitResult, N: int) -> FitResult:
 @click.option("--steps", type=int, default=None, help="Override the maximum number of gradient steps.")
 @click.option("--inputs", type=click.Choice(["rademacher", "gaussian"]), default=None, help="Override the inputs.")
 @click.option("--schedule", type=str, default=None, help="Override the checkpoint schedule (e.g. log:30).")
-@click.option("--device", type=str, default=None,
-              help="Where the gradient descent runs: cpu (default) | cuda | cuda:K (alpha 32 and N >= 1000 are cheap there).")
+@click.option(
+    "--device",
+    type=str,
+    default=None,
+    help="Where the gradient descent runs: cpu (default) | cuda | cuda:K (alpha 32 and N >= 1000 are cheap there).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def perceptron_command(out: str, quick: bool, N: int | None, alphas: str | None, seeds: int | None,
-                       steps: int | None, inputs: str | None, schedule: str | None, device: str | None,
-                       quiet: bool) -> None:
+def perceptron_command(
+    out: str,
+    quick: bool,
+    N: int | None,
+    alphas: str | None,
+    seeds: int | None,
+    steps: int | None,
+    inputs: str | None,
+    schedule: str | None,
+    device: str | None,
+    quiet: bool,
+) -> None:
     """Train the teacher-student perceptron, fit both laws, compare with theory, write a report."""
     exp = QUICK if quick else FULL
     changes: dict[str, Any] = {}
@@ -173,22 +220,38 @@ def perceptron_command(out: str, quick: bool, N: int | None, alphas: str | None,
     t_theory = time.perf_counter()
     j, tj = sim.to_json(), th_fit.to_json()
     extra = {
-        "N": exp.N, "alphas": list(exp.alphas), "seeds": list(exp.seeds), "inputs": exp.inputs,
-        "gamma1": j["gamma1"], "gamma1_err": j["gamma1_err"], "gamma2": j["gamma2"], "gamma2_err": j["gamma2_err"],
-        "gamma1_theory_asymptotic": 0.5, "gamma2_theory_asymptotic": 1.0,
-        "gamma1_theory_same_fit": tj["gamma1"], "gamma2_theory_same_fit": tj["gamma2"],
-        "seconds_training": round(t_train - t0, 1), "seconds_fitting": round(t_fit - t_train, 1),
-        "seconds_theory": round(t_theory - t_fit, 1), "steps_per_run": summary.steps,
+        "N": exp.N,
+        "alphas": list(exp.alphas),
+        "seeds": list(exp.seeds),
+        "inputs": exp.inputs,
+        "gamma1": j["gamma1"],
+        "gamma1_err": j["gamma1_err"],
+        "gamma2": j["gamma2"],
+        "gamma2_err": j["gamma2_err"],
+        "gamma1_theory_asymptotic": 0.5,
+        "gamma2_theory_asymptotic": 1.0,
+        "gamma1_theory_same_fit": tj["gamma1"],
+        "gamma2_theory_same_fit": tj["gamma2"],
+        "seconds_training": round(t_train - t0, 1),
+        "seconds_fitting": round(t_fit - t_train, 1),
+        "seconds_theory": round(t_theory - t_fit, 1),
+        "steps_per_run": summary.steps,
         "experiment": summary.config,
     }
     extra["seconds_total"] = round(time.perf_counter() - t0, 1)
     index = write_report(out_dir, sim, th, N=exp.N, extra=extra)
-    click.echo(f"gamma1 = {_pm(j['gamma1'], j['gamma1_err'])}  (theory 1/2; theory curves, same fit: "
-               f"{_pm(tj['gamma1'], tj['gamma1_err'])})")
-    click.echo(f"gamma2 = {_pm(j['gamma2'], j['gamma2_err'])}  (theory 1; theory curves, same fit: "
-               f"{_pm(tj['gamma2'], tj['gamma2_err'])})")
-    click.echo(f"time: training {extra['seconds_training']} s, fitting {extra['seconds_fitting']} s, "
-               f"theory {extra['seconds_theory']} s, total {extra['seconds_total']} s (before the figures)")
+    click.echo(
+        f"gamma1 = {_pm(j['gamma1'], j['gamma1_err'])}  (theory 1/2; theory curves, same fit: "
+        f"{_pm(tj['gamma1'], tj['gamma1_err'])})"
+    )
+    click.echo(
+        f"gamma2 = {_pm(j['gamma2'], j['gamma2_err'])}  (theory 1; theory curves, same fit: "
+        f"{_pm(tj['gamma2'], tj['gamma2_err'])})"
+    )
+    click.echo(
+        f"time: training {extra['seconds_training']} s, fitting {extra['seconds_fitting']} s, "
+        f"theory {extra['seconds_theory']} s, total {extra['seconds_total']} s (before the figures)"
+    )
     click.echo(f"report: {index}")
 
 

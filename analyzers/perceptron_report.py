@@ -6,6 +6,7 @@ lambda/lambda*; lambda*(alpha); eps*(alpha) against the Bayes-optimal,
 Gibbs, maximal-stability and Hebb errors. ``index.html`` shows them with the
 fitted exponents; ``summary.json`` holds every number shown.
 """
+
 from __future__ import annotations
 
 import html
@@ -41,10 +42,15 @@ class TheoryCurves:
 
     def to_json(self) -> dict[str, Any]:
         """The per-alpha theory values (the curves are in the figures, not repeated here)."""
-        return {"alpha": self.alphas.tolist(), "lambda_star": [p.lam for p in self.optimum],
-                "eps_star": [p.eps for p in self.optimum], "eps_hebb": self.eps_hebb.tolist(),
-                "eps_gibbs": self.eps_gibbs.tolist(), "eps_bayes": self.eps_bayes.tolist(),
-                "eps_max_stability": self.eps_max_stability.tolist()}
+        return {
+            "alpha": self.alphas.tolist(),
+            "lambda_star": [p.lam for p in self.optimum],
+            "eps_star": [p.eps for p in self.optimum],
+            "eps_hebb": self.eps_hebb.tolist(),
+            "eps_gibbs": self.eps_gibbs.tolist(),
+            "eps_bayes": self.eps_bayes.tolist(),
+            "eps_max_stability": self.eps_max_stability.tolist(),
+        }
 
 
 def _save(fig: plt.Figure, out: Path, stem: str) -> list[str]:
@@ -60,14 +66,19 @@ def _fig_eps_lambda(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> 
     c = fit.curves
     colors = sns.color_palette("viridis", len(c.P))
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    lam = 10.0 ** c.log10_grid
+    lam = 10.0**c.log10_grid
     for i, P in enumerate(c.P):
         ax.plot(lam, c.mean_error[i], color=colors[i], lw=1.8, label=f"alpha={P / N:g}")
         j = int(np.argmin(np.abs(theory.alphas - P / N)))
         ax.plot([p.lam for p in theory.curves[j]], [p.eps for p in theory.curves[j]], color=colors[i], ls="--", lw=1)
     ax.plot([], [], color="grey", ls="--", lw=1, label="fixed-norm theory")
-    ax.set(xscale="log", yscale="log", xlabel="lambda = |w| / sqrt(N)", ylabel="test error eps",
-           title="Gradient descent (solid, seed mean) and fixed-norm theory (dashed)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="lambda = |w| / sqrt(N)",
+        ylabel="test error eps",
+        title="Gradient descent (solid, seed mean) and fixed-norm theory (dashed)",
+    )
     ax.legend(fontsize=7)
     return _save(fig, out, "eps_lambda")
 
@@ -78,20 +89,35 @@ def _fig_collapse(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> li
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for i, P in enumerate(c.P):
         x = c.log10_grid - c.log10_lambda_star_grid[i]
-        ax.plot(10.0 ** x, c.mean_error[i] / c.eps_star[i], color=colors[i], lw=1.6, label=f"alpha={P / N:g}")
+        ax.plot(10.0**x, c.mean_error[i] / c.eps_star[i], color=colors[i], lw=1.6, label=f"alpha={P / N:g}")
         j = int(np.argmin(np.abs(theory.alphas - P / N)))
         opt = theory.optimum[j]
-        ax.plot([p.lam / opt.lam for p in theory.curves[j]], [p.eps / opt.eps for p in theory.curves[j]],
-                color=colors[i], ls="--", lw=1)
+        ax.plot(
+            [p.lam / opt.lam for p in theory.curves[j]],
+            [p.eps / opt.eps for p in theory.curves[j]],
+            color=colors[i],
+            ls="--",
+            lw=1,
+        )
     lo, hi = fit.window
     xs = np.geomspace(lo, hi, 20)
     law1 = fit.fits.law1
-    ax.plot(xs, law1.k1_ * xs ** (-law1.gamma1_), color="black", lw=2.2,
-            label=f"fit: gamma1 = {law1.gamma1_:.3f} +- {law1.gamma1_err_:.3f}")
-    ax.plot(xs, law1.k1_ * xs ** -0.5, color="red", lw=1, ls=":", label="theory slope 1/2")
+    ax.plot(
+        xs,
+        law1.k1_ * xs ** (-law1.gamma1_),
+        color="black",
+        lw=2.2,
+        label=f"fit: gamma1 = {law1.gamma1_:.3f} +- {law1.gamma1_err_:.3f}",
+    )
+    ax.plot(xs, law1.k1_ * xs**-0.5, color="red", lw=1, ls=":", label="theory slope 1/2")
     ax.axvspan(lo, hi, color="grey", alpha=0.12)
-    ax.set(xscale="log", yscale="log", xlabel="lambda / lambda*", ylabel="eps / eps*",
-           title="Law 1: collapse (solid: simulation, dashed: theory)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="lambda / lambda*",
+        ylabel="eps / eps*",
+        title="Law 1: collapse (solid: simulation, dashed: theory)",
+    )
     ax.legend(fontsize=7)
     return _save(fig, out, "collapse")
 
@@ -100,12 +126,16 @@ def _fig_lambda_star(fit: FitResult, theory: TheoryCurves, N: int, out: Path) ->
     c = fit.curves
     alpha = c.P / N
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
-    ax.plot(alpha, 10.0 ** c.log10_lambda_star, "o", label="simulation (mean over seeds of argmin)")
+    ax.plot(alpha, 10.0**c.log10_lambda_star, "o", label="simulation (mean over seeds of argmin)")
     ax.plot(theory.alphas, [p.lam for p in theory.optimum], "s--", mfc="none", label="fixed-norm theory")
     law2 = fit.fits.law2
     a = np.geomspace(alpha.min(), alpha.max(), 20)
-    ax.plot(a, law2.k2_ * (a * N) ** law2.gamma2_, color="black",
-            label=f"fit: gamma2 = {law2.gamma2_:.3f} +- {law2.gamma2_err_:.3f} (theory 1)")
+    ax.plot(
+        a,
+        law2.k2_ * (a * N) ** law2.gamma2_,
+        color="black",
+        label=f"fit: gamma2 = {law2.gamma2_:.3f} +- {law2.gamma2_err_:.3f} (theory 1)",
+    )
     ax.set(xscale="log", yscale="log", xlabel="alpha = P / N", ylabel="lambda*", title="Law 2: lambda*(alpha)")
     ax.legend(fontsize=7)
     return _save(fig, out, "lambda_star")
@@ -116,16 +146,19 @@ def _fig_eps_star(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> li
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     ax.plot(c.P / N, c.eps_star, "o", label="simulation eps* (min of the mean curve)")
     ax.plot(theory.alphas, [p.eps for p in theory.optimum], "s", mfc="none", label="fixed-norm theory eps*")
-    for values, name, style in ((theory.eps_bayes, "Bayes-optimal", "-"), (theory.eps_gibbs, "Gibbs", "-."),
-                                (theory.eps_max_stability, "maximal stability", "--"), (theory.eps_hebb, "Hebb", ":")):
+    for values, name, style in (
+        (theory.eps_bayes, "Bayes-optimal", "-"),
+        (theory.eps_gibbs, "Gibbs", "-."),
+        (theory.eps_max_stability, "maximal stability", "--"),
+        (theory.eps_hebb, "Hebb", ":"),
+    ):
         ax.plot(theory.alphas, values, style, lw=1.2, label=name)
     ax.set(xscale="log", yscale="log", xlabel="alpha = P / N", ylabel="test error", title="eps*(alpha)")
     ax.legend(fontsize=7)
     return _save(fig, out, "eps_star")
 
 
-def write_report(out: str | Path, fit: FitResult, theory: TheoryCurves, *, N: int,
-                 extra: dict[str, Any]) -> Path:
+def write_report(out: str | Path, fit: FitResult, theory: TheoryCurves, *, N: int, extra: dict[str, Any]) -> Path:
     """Write the figures, ``summary.json`` and ``index.html`` into ``out``; return the index path.
 
     ``extra`` (timings, the experiment config, the theory fits) goes into
@@ -148,21 +181,35 @@ def write_report(out: str | Path, fit: FitResult, theory: TheoryCurves, *, N: in
         v, e = fit_json.get(key), fit_json.get(f"{key}_err")
         return "-" if v is None else f"{v:.3f} &plusmn; {e:.3f}" if e is not None else f"{v:.3f}"
 
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in (
-        ("gamma1 (fit)", pm("gamma1")), ("gamma1 (theory)", "1/2"),
-        ("gamma2 (fit)", pm("gamma2")), ("gamma2 (theory)", "1"),
-        ("gamma_pred = gamma1 gamma2", pm("gamma_pred")), ("gamma_meas", pm("gamma_meas")),
-        ("law-1 window (lambda/lambda*)", f"{fit.window[0]:.3g} .. {fit.window[1]:.3g}"),
-    ))
-    extra_rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
-                         for k, v in extra.items() if not isinstance(v, (dict, list)))
-    body = "".join(f"<h2>{html.escape(title)}</h2><img src='{names[0]}' alt='{html.escape(title)}'>"
-                   f"<p><a href='{names[1]}'>SVG</a></p>" for title, names in figures.items())
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>normdyn perceptron</title>"
-            f"<style>body{{font-family:sans-serif;max-width:900px;margin:auto}}td{{padding:2px 12px}}"
-            f"img{{max-width:100%}}</style></head><body><h1>Teacher-student perceptron, N = {N}</h1>"
-            f"<table>{rows}{extra_rows}</table>{body}<p>All numbers: <a href='summary.json'>summary.json</a>."
-            f"</p></body></html>")
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>"
+        for k, v in (
+            ("gamma1 (fit)", pm("gamma1")),
+            ("gamma1 (theory)", "1/2"),
+            ("gamma2 (fit)", pm("gamma2")),
+            ("gamma2 (theory)", "1"),
+            ("gamma_pred = gamma1 gamma2", pm("gamma_pred")),
+            ("gamma_meas", pm("gamma_meas")),
+            ("law-1 window (lambda/lambda*)", f"{fit.window[0]:.3g} .. {fit.window[1]:.3g}"),
+        )
+    )
+    extra_rows = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in extra.items()
+        if not isinstance(v, (dict, list))
+    )
+    body = "".join(
+        f"<h2>{html.escape(title)}</h2><img src='{names[0]}' alt='{html.escape(title)}'>"
+        f"<p><a href='{names[1]}'>SVG</a></p>"
+        for title, names in figures.items()
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>normdyn perceptron</title>"
+        f"<style>body{{font-family:sans-serif;max-width:900px;margin:auto}}td{{padding:2px 12px}}"
+        f"img{{max-width:100%}}</style></head><body><h1>Teacher-student perceptron, N = {N}</h1>"
+        f"<table>{rows}{extra_rows}</table>{body}<p>All numbers: <a href='summary.json'>summary.json</a>."
+        f"</p></body></html>"
+    )
     index = out / "index.html"
     index.write_text(page)
     return index
@@ -180,4 +227,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-

@@ -29,6 +29,7 @@ mu is Delta_mu = y_mu J.x_mu / sqrt(N). All results are for N -> infinity.
 
 H(x) = int_x^inf Dt is the Gaussian tail, Dt = exp(-t^2/2) dt / sqrt(2 pi).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,17 @@ from scipy import integrate, optimize, special
 from normdyn.core.errors import ConfigError
 
 __all__ = [
-    "eps_from_overlap", "eps_hebb", "overlap_gibbs", "eps_gibbs", "eps_bayes", "max_stability", "eps_max_stability",
-    "FixedNormPoint", "fixed_norm_curve", "optimal_norm", "max_margin_direction",
+    "eps_from_overlap",
+    "eps_hebb",
+    "overlap_gibbs",
+    "eps_gibbs",
+    "eps_bayes",
+    "max_stability",
+    "eps_max_stability",
+    "FixedNormPoint",
+    "fixed_norm_curve",
+    "optimal_norm",
+    "max_margin_direction",
 ]
 
 _T_MAX = 10.0  # the Gaussian weight beyond |t| = 10 is below 1e-22
@@ -93,6 +103,7 @@ def eps_bayes(alpha: float) -> float:
 def _ms_equations(kappa: float, R: float, alpha: float) -> tuple[float, float]:
     """Residuals of (A) and (B) for Delta(t) = max(t, kappa)."""
     s = math.sqrt(1 - R * R)
+
     def a_f(t: float) -> float:
         return math.exp(-t * t / 2) / math.sqrt(2 * math.pi) * 2 * special.ndtr(R * t / s) * (kappa - t) ** 2
 
@@ -100,7 +111,11 @@ def _ms_equations(kappa: float, R: float, alpha: float) -> tuple[float, float]:
     cuts = sorted({-_T_MAX, *(c for c in (-30 * s, 0.0) if -_T_MAX < c < kappa), kappa})
     a_int = sum(integrate.quad(a_f, lo, hi, limit=200, epsabs=1e-14, epsrel=1e-10)[0] for lo, hi in zip(cuts, cuts[1:]))
     # int_{-inf}^{kappa} (kappa - t) e^{-t^2/(2 s^2)} dt in closed form
-    b_int = s * math.sqrt(2 * math.pi) * (kappa * special.ndtr(kappa / s) + s * math.exp(-kappa ** 2 / (2 * s * s)) / math.sqrt(2 * math.pi))
+    b_int = (
+        s
+        * math.sqrt(2 * math.pi)
+        * (kappa * special.ndtr(kappa / s) + s * math.exp(-(kappa**2) / (2 * s * s)) / math.sqrt(2 * math.pi))
+    )
     return alpha * a_int - (1 - R * R), alpha * b_int - math.pi * R * s
 
 
@@ -165,7 +180,7 @@ def _fixed_norm_residuals(z: np.ndarray, lam: float, alpha: float) -> np.ndarray
     shift = _prox_logistic(t, x, lam) - t
     g = 2 * special.ndtr(R * t / math.sqrt(s2))
     dt_gauss = np.exp(-t * t / 2) / math.sqrt(2 * math.pi)
-    a = alpha * integrate.trapezoid(dt_gauss * g * shift ** 2, t) / s2 - 1
+    a = alpha * integrate.trapezoid(dt_gauss * g * shift**2, t) / s2 - 1
     b = alpha * integrate.trapezoid(np.exp(-t * t / (2 * s2)) * shift, t) / (math.pi * R * math.sqrt(s2)) - 1
     return np.array([a, b])
 
@@ -210,15 +225,21 @@ def optimal_norm(alpha: float, curve: list[FixedNormPoint] | None = None) -> Fix
         curve = fixed_norm_curve(np.geomspace(0.05 * alpha, 50 * alpha, 60), alpha)
     i = int(np.argmin([p.eps for p in curve]))
     if i in (0, len(curve) - 1):
-        raise ConfigError(f"alpha={alpha:g}: the fixed-norm error has no interior minimum on lambda in "
-                          f"[{curve[0].lam:g}, {curve[-1].lam:g}]; widen the range")
+        raise ConfigError(
+            f"alpha={alpha:g}: the fixed-norm error has no interior minimum on lambda in "
+            f"[{curve[0].lam:g}, {curve[-1].lam:g}]; widen the range"
+        )
     start = curve[i - 1]
 
     def point(log_lam: float) -> FixedNormPoint:
         return _solve_from(math.exp(log_lam), start, alpha)
 
-    res = optimize.minimize_scalar(lambda z: point(z).eps, bounds=(math.log(curve[i - 1].lam), math.log(curve[i + 1].lam)),
-                                   method="bounded", options={"xatol": 1e-5})
+    res = optimize.minimize_scalar(
+        lambda z: point(z).eps,
+        bounds=(math.log(curve[i - 1].lam), math.log(curve[i + 1].lam)),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
     return point(float(res.x))
 
 
@@ -248,9 +269,14 @@ def max_margin_direction(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     w0 = a.sum(axis=0)
     m0 = (a @ w0).min()
     w0 = w0 / m0 if m0 > 0 else w0
-    res = optimize.minimize(lambda w: w @ w, w0, jac=lambda w: 2 * w, method="SLSQP",
-                            constraints=[{"type": "ineq", "fun": lambda w: a @ w - 1, "jac": lambda w: a}],
-                            options={"maxiter": 1000, "ftol": 1e-12})
+    res = optimize.minimize(
+        lambda w: w @ w,
+        w0,
+        jac=lambda w: 2 * w,
+        method="SLSQP",
+        constraints=[{"type": "ineq", "fun": lambda w: a @ w - 1, "jac": lambda w: a}],
+        options={"maxiter": 1000, "ftol": 1e-12},
+    )
     if not res.success or (a @ res.x).min() < 1 - 1e-6:
         raise ConfigError(f"max-margin programme failed ({res.message}); is the training set separable?")
     return res.x / np.linalg.norm(res.x)

@@ -14,6 +14,7 @@ cannot be read or fitted is reported in index.html and in the returned
 summary, and the others are still written; a section that raises is reported
 the same way without stopping the other sections.
 """
+
 from __future__ import annotations
 
 import html
@@ -21,10 +22,11 @@ import json
 import os
 import platform
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from normdyn.analyzers.report_context import ReportContext, load_context
 from normdyn.analyzers.report_output import RawHTML, SectionOutput, html_table
@@ -88,8 +90,12 @@ def figure_style() -> dict[str, Any]:
     """Matplotlib rc parameters of every report figure: seaborn's whitegrid look, applied locally."""
     import seaborn as sns
 
-    return {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.9),
-            "svg.hashsalt": "normdyn", "figure.dpi": 100}
+    return {
+        **sns.axes_style("whitegrid"),
+        **sns.plotting_context("notebook", font_scale=0.9),
+        "svg.hashsalt": "normdyn",
+        "figure.dpi": 100,
+    }
 
 
 def _labels(stores: Sequence[str]) -> list[str]:
@@ -106,13 +112,31 @@ def _labels(stores: Sequence[str]) -> list[str]:
 
 def _runs_table(ctx: ReportContext) -> tuple[list[str], list[list[Any]]]:
     headers = ["run", "P", "seed", "status", "checkpoints", "measure_plugin", "measure_version", "measure_params"]
-    rows = [[r.run_id, r.P, r.seed, r.status, len(r.step), r.measure_plugin, r.measure_version,
-             json.dumps(r.measure_params, sort_keys=True)] for r in ctx.runs]
+    rows = [
+        [
+            r.run_id,
+            r.P,
+            r.seed,
+            r.status,
+            len(r.step),
+            r.measure_plugin,
+            r.measure_version,
+            json.dumps(r.measure_params, sort_keys=True),
+        ]
+        for r in ctx.runs
+    ]
     return headers, rows
 
 
-def _render_target(store: str, measure: str, label: str, out: Path, where: Mapping[str, str] | None,
-                   fit_kwargs: Mapping[str, Any] | None, sections: list[Any]) -> tuple[TargetReport, str]:
+def _render_target(
+    store: str,
+    measure: str,
+    label: str,
+    out: Path,
+    where: Mapping[str, str] | None,
+    fit_kwargs: Mapping[str, Any] | None,
+    sections: list[Any],
+) -> tuple[TargetReport, str]:
     """Write one (store, measure) and return its outcome and its HTML section."""
     import matplotlib
 
@@ -132,8 +156,10 @@ def _render_target(store: str, measure: str, label: str, out: Path, where: Mappi
         sink = SectionOutput(directory, rel)
         sink.file(RESULTS, (json.dumps(ctx.fit_json, indent=2) + "\n").encode("utf-8"))
         target.files += sink.files
-        parts.append(f'<p>Fit: <a href="{html.escape(rel)}/{RESULTS}">{RESULTS}</a> '
-                     f'(the output of <code>normdyn fit --json</code>)</p>')
+        parts.append(
+            f'<p>Fit: <a href="{html.escape(rel)}/{RESULTS}">{RESULTS}</a> '
+            f"(the output of <code>normdyn fit --json</code>)</p>"
+        )
     else:
         target.fit_error = ctx.fit_error
         parts.append(f'<p class="error">fit failed: {html.escape(str(ctx.fit_error))}</p>')
@@ -146,18 +172,23 @@ def _render_target(store: str, measure: str, label: str, out: Path, where: Mappi
                 section.render(ctx, sink)
             except Exception as exc:  # a third-party section may raise anything: report it, keep going
                 target.section_errors[section.name] = f"{type(exc).__name__}: {exc}"
-                parts.append(f'<h3>{html.escape(getattr(section, "title", section.name))}</h3>'
-                             f'<p class="error">{html.escape(f"section {section.name!r} failed: {exc}")}</p>')
+                parts.append(
+                    f"<h3>{html.escape(getattr(section, 'title', section.name))}</h3>"
+                    f'<p class="error">{html.escape(f"section {section.name!r} failed: {exc}")}</p>'
+                )
                 continue
             target.files += sink.files
             if sink.blocks:
-                parts.append(f'<h3>{html.escape(getattr(section, "title", section.name))}</h3>' + "".join(sink.blocks))
+                parts.append(f"<h3>{html.escape(getattr(section, 'title', section.name))}</h3>" + "".join(sink.blocks))
     sink = SectionOutput(directory, rel)
     headers, rows = _runs_table(ctx)
     sink.table("runs", headers, rows, f"{len(rows)} run(s) of experiment {json.dumps(ctx.experiment, sort_keys=True)}")
     target.files += sink.files
-    parts.append("<details><summary>Provenance: runs and measure versions</summary>" + "".join(sink.blocks)
-                 + "</details></section>")
+    parts.append(
+        "<details><summary>Provenance: runs and measure versions</summary>"
+        + "".join(sink.blocks)
+        + "</details></section>"
+    )
     return target, "".join(parts)
 
 
@@ -181,13 +212,24 @@ def _page(summary_rows: list[list[Any]], parts: list[str], command_line: str, st
     import torch
 
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    prov = html_table(["", ""], [["command", command_line], ["normdyn", __version__], ["created (UTC)", when],
-                                 ["python", platform.python_version()], ["numpy", numpy.__version__],
-                                 ["torch", torch.__version__], ["matplotlib", matplotlib.__version__],
-                                 ["stores", ", ".join(str(Path(s).resolve()) for s in stores)]])
+    prov = html_table(
+        ["", ""],
+        [
+            ["command", command_line],
+            ["normdyn", __version__],
+            ["created (UTC)", when],
+            ["python", platform.python_version()],
+            ["numpy", numpy.__version__],
+            ["torch", torch.__version__],
+            ["matplotlib", matplotlib.__version__],
+            ["stores", ", ".join(str(Path(s).resolve()) for s in stores)],
+        ],
+    )
     contents = html_table(["store", "measure", "status", "gamma1", "gamma2", "gamma_pred", "gamma_meas"], summary_rows)
-    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>normdyn report</title><style>{_CSS}</style>'
-            f"</head><body><h1>normdyn report</h1>{prov}<h2>Contents</h2>{contents}{''.join(parts)}</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>normdyn report</title><style>{_CSS}</style>'
+        f"</head><body><h1>normdyn report</h1>{prov}<h2>Contents</h2>{contents}{''.join(parts)}</body></html>\n"
+    )
 
 
 def _summary_row(t: TargetReport) -> list[Any]:
@@ -197,10 +239,16 @@ def _summary_row(t: TargetReport) -> list[Any]:
     return [t.store, RawHTML(link), status, j.get("gamma1"), j.get("gamma2"), j.get("gamma_pred"), j.get("gamma_meas")]
 
 
-def build_report(stores: Sequence[str], out: str | os.PathLike[str], *, measures: Sequence[str] | None = None,
-                 where: Mapping[str, str] | None = None, fit_kwargs: Mapping[str, Any] | None = None,
-                 store_fit_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-                 command_line: str = "") -> ReportSummary:
+def build_report(
+    stores: Sequence[str],
+    out: str | os.PathLike[str],
+    *,
+    measures: Sequence[str] | None = None,
+    where: Mapping[str, str] | None = None,
+    fit_kwargs: Mapping[str, Any] | None = None,
+    store_fit_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    command_line: str = "",
+) -> ReportSummary:
     """Write the report of every store x measure (every stored measure when ``measures`` is empty) under ``out``.
 
     ``where`` and ``fit_kwargs`` select and fit runs as in ``normdyn fit``;
@@ -223,13 +271,16 @@ def build_report(stores: Sequence[str], out: str | os.PathLike[str], *, measures
             names = list(measures) if measures else stored_measures(store)
         except NormdynError as exc:
             targets.append(TargetReport(store, "-", label, error=str(exc)))
-            parts.append(f'<section><h2>{html.escape(store)}</h2><p class="error">failed: {html.escape(str(exc))}</p>'
-                         "</section>")
+            parts.append(
+                f'<section><h2>{html.escape(store)}</h2><p class="error">failed: {html.escape(str(exc))}</p></section>'
+            )
             continue
         if not names:
             msg = f"{store}: no run has a stored measure; run `normdyn analyze {store}` first"
             targets.append(TargetReport(store, "-", label, error=msg))
-            parts.append(f'<section><h2>{html.escape(store)}</h2><p class="error">failed: {html.escape(msg)}</p></section>')
+            parts.append(
+                f'<section><h2>{html.escape(store)}</h2><p class="error">failed: {html.escape(msg)}</p></section>'
+            )
             continue
         for measure in names:
             kwargs = (store_fit_kwargs or {}).get(store, fit_kwargs)

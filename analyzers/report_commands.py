@@ -1,4 +1,5 @@
 """The ``normdyn report`` command: figures, tables, fits and provenance of stores, as one HTML page."""
+
 from __future__ import annotations
 
 import shlex
@@ -26,8 +27,14 @@ def echo_summary(summary: ReportSummary) -> None:
         for name, err in t.section_errors.items():
             click.echo(f"section failed: {t.store} {t.measure} {name}: {err}", err=True)
         j = t.fit_json
-        fitted = "" if j is None else (f"  gamma1={_g(j['gamma1'])} gamma2={_g(j['gamma2'])} "
-                                       f"gamma_pred={_g(j['gamma_pred'])} gamma_meas={_g(j['gamma_meas'])}")
+        fitted = (
+            ""
+            if j is None
+            else (
+                f"  gamma1={_g(j['gamma1'])} gamma2={_g(j['gamma2'])} "
+                f"gamma_pred={_g(j['gamma_pred'])} gamma_meas={_g(j['gamma_meas'])}"
+            )
+        )
         click.echo(f"{'ok' if t.ok else 'partial'}: {t.store} {t.measure} -> {summary.out / t.directory}{fitted}")
     click.echo(f"report: {summary.index}")
 
@@ -57,22 +64,49 @@ def _command_line(params: dict[str, Any]) -> str:
 @click.command("report")
 @click.argument("stores", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write the report into.")
-@click.option("--measure", "measures", multiple=True,
-              help="Measure that plays lambda (repeatable; default: every measure stored in the store).")
+@click.option(
+    "--measure",
+    "measures",
+    multiple=True,
+    help="Measure that plays lambda (repeatable; default: every measure stored in the store).",
+)
 @law_options
-def report_command(stores: tuple[str, ...], out: str, measures: tuple[str, ...], where: tuple[str, ...],
-                   grid: tuple[float, float, int] | None, window: tuple[float, float] | None,
-                   law1_min_P: int | None, law2_min_P: int | None, method: str) -> None:
+def report_command(
+    stores: tuple[str, ...],
+    out: str,
+    measures: tuple[str, ...],
+    where: tuple[str, ...],
+    grid: tuple[float, float, int] | None,
+    window: tuple[float, float] | None,
+    law1_min_P: int | None,
+    law2_min_P: int | None,
+    method: str,
+) -> None:
     """Write figures, CSV tables, results.json and a self-contained index.html for STORES into --out.
 
     Every store x measure gets its own directory; one that fails is reported
     (exit status 1) and the others are still written.
     """
-    params = dict(stores=stores, out=out, measures=measures, where=where, grid=grid, window=window,
-                  law1_min_P=law1_min_P, law2_min_P=law2_min_P, method=method)
+    params = dict(
+        stores=stores,
+        out=out,
+        measures=measures,
+        where=where,
+        grid=grid,
+        window=window,
+        law1_min_P=law1_min_P,
+        law2_min_P=law2_min_P,
+        method=method,
+    )
     options = FitOptions(window=window, law1_min_P=law1_min_P, law2_min_P=law2_min_P, method=method)
-    summary = build_report(list(stores), out, measures=list(measures), where=parse_where(where),
-                           fit_kwargs={"options": options, "grid": grid}, command_line=_command_line(params))
+    summary = build_report(
+        list(stores),
+        out,
+        measures=list(measures),
+        where=parse_where(where),
+        fit_kwargs={"options": options, "grid": grid},
+        command_line=_command_line(params),
+    )
     echo_summary(summary)
     if summary.failed:
         sys.exit(1)

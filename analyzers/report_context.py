@@ -7,12 +7,14 @@ measure, then fits both laws with :func:`normdyn.analyzers.fitting.fit_store`.
 A failed fit does not fail the context: ``fit`` is None and ``fit_error``
 says why, so sections drawn from the runs alone (learning curves) still render.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -42,17 +44,27 @@ class RunCurves:
     measure_params: dict[str, Any]
 
     @classmethod
-    def read(cls, run: Run, measure: str) -> "RunCurves":
+    def read(cls, run: Run, measure: str) -> RunCurves:
         """The curves of ``run`` with ``measure`` as lambda (all NaN if the measure is absent)."""
         table = run.checkpoints()
         record = run.read_measure(measure)
         n = len(table["step"])
         lam = np.full(n, np.nan) if record is None else np.asarray(record.values, dtype=np.float64)
         metrics = {k: np.asarray(table.get(k, np.full(n, np.nan)), dtype=np.float64) for k in METRIC_COLUMNS}
-        return cls(run.run_id, run.path, run.P, run.seed, run.status, np.asarray(table["step"]),
-                   np.asarray(table["epoch"], dtype=np.float64), metrics, lam,
-                   "" if record is None else record.plugin, "" if record is None else record.version,
-                   {} if record is None else dict(record.params))
+        return cls(
+            run.run_id,
+            run.path,
+            run.P,
+            run.seed,
+            run.status,
+            np.asarray(table["step"]),
+            np.asarray(table["epoch"], dtype=np.float64),
+            metrics,
+            lam,
+            "" if record is None else record.plugin,
+            "" if record is None else record.version,
+            {} if record is None else dict(record.params),
+        )
 
 
 def p_palette(P_values: list[int]) -> dict[int, str]:
@@ -97,8 +109,13 @@ class ReportContext:
         return [r for r in self.runs if r.P == int(P)]
 
 
-def load_context(store: str | os.PathLike[str], measure: str, *, where: Mapping[str, str] | None = None,
-                 fit_kwargs: Mapping[str, Any] | None = None) -> ReportContext:
+def load_context(
+    store: str | os.PathLike[str],
+    measure: str,
+    *,
+    where: Mapping[str, str] | None = None,
+    fit_kwargs: Mapping[str, Any] | None = None,
+) -> ReportContext:
     """Read the experiment of ``store`` selected by ``where`` and fit it with lambda = ``measure``.
 
     ``fit_kwargs`` are passed to :func:`fit_store` (options, grid, ...), so the
@@ -116,7 +133,8 @@ def load_context(store: str | os.PathLike[str], measure: str, *, where: Mapping[
         fit = fit_store(store, measure, where=where, **dict(fit_kwargs or {}))
     except NormdynError as exc:
         fit_error = str(exc)
-    ctx = ReportContext(Path(store), measure, runs, fit, fit_error, None if fit is None else fit.to_json(),
-                        group.config, notes)
+    ctx = ReportContext(
+        Path(store), measure, runs, fit, fit_error, None if fit is None else fit.to_json(), group.config, notes
+    )
     ctx.colors = p_palette(ctx.P_values)
     return ctx

@@ -7,6 +7,7 @@ table; ``text`` adds a paragraph. Every file is written atomically and
 recorded in ``files`` (relative to the report directory), which is what
 index.html links to.
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,8 +15,9 @@ import csv
 import html
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from normdyn.core.atomic import write_bytes_atomic
 from normdyn.core.table import format_cell
@@ -48,7 +50,7 @@ def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """An HTML table; floats with 4 significant digits, NaN and None as '-', :class:`RawHTML` as is."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_html_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 class SectionOutput:
@@ -78,11 +80,21 @@ class SectionOutput:
         svg_rel = self.file(f"fig-{stem}.svg", svg.getvalue())
         data = base64.b64encode(png.getvalue()).decode("ascii")
         links = f'<a href="{html.escape(png_rel)}">PNG</a> · <a href="{html.escape(svg_rel)}">SVG</a>'
-        self.blocks.append(f'<figure><img alt="{html.escape(stem)}" src="data:image/png;base64,{data}">'
-                           f'<figcaption>{html.escape(caption)} ({links})</figcaption></figure>')
+        self.blocks.append(
+            f'<figure><img alt="{html.escape(stem)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)} ({links})</figcaption></figure>"
+        )
 
-    def table(self, stem: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "",
-              *, csv_file: bool = True, show: bool = True) -> None:
+    def table(
+        self,
+        stem: str,
+        headers: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        caption: str = "",
+        *,
+        csv_file: bool = True,
+        show: bool = True,
+    ) -> None:
         """Write ``STEM.csv`` (unless ``csv_file`` is False) and show the table (unless ``show`` is False)."""
         link = ""
         if csv_file:

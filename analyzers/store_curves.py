@@ -9,12 +9,14 @@ A run that cannot be used (damaged index, measure never computed, fewer
 than one finite (lambda, eps) pair) is skipped with a note; the caller shows
 the notes. Checkpoints where the measure or the test error is NaN are left out.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +76,9 @@ def _run_curve(run: Run, measure: str) -> SeedCurve:
     return SeedCurve(run.P, run.seed, np.log10(lam[ok]), err[ok], source=str(run.path))
 
 
-def store_groups(store: str | os.PathLike[str], measure: str,
-                 where: Mapping[str, str] | None = None) -> tuple[list[RunGroup], list[str]]:
+def store_groups(
+    store: str | os.PathLike[str], measure: str, where: Mapping[str, str] | None = None
+) -> tuple[list[RunGroup], list[str]]:
     """The run groups of ``store`` with their curves of ``measure``, and notes on skipped runs."""
     runs, errors = scan_runs(store)
     notes = [f"skipped: {exc}" for exc in errors]
@@ -97,8 +100,9 @@ def store_groups(store: str | os.PathLike[str], measure: str,
     return list(groups.values()), notes
 
 
-def store_curves(store: str | os.PathLike[str], measure: str,
-                 where: Mapping[str, str] | None = None) -> tuple[RunGroup, list[str]]:
+def store_curves(
+    store: str | os.PathLike[str], measure: str, where: Mapping[str, str] | None = None
+) -> tuple[RunGroup, list[str]]:
     """The single run group of ``store`` (after ``where``); several groups are an error naming what differs."""
     groups, notes = store_groups(store, measure, where)
     if not groups:
@@ -109,6 +113,8 @@ def store_curves(store: str | os.PathLike[str], measure: str,
         keys = sorted({k for g in groups for k in g.config})
         differ = [k for k in keys if len({json.dumps(g.config.get(k), sort_keys=True) for g in groups}) > 1]
         example = ", ".join(f"{k}={_plain(groups[0].config.get(k))}" for k in differ)
-        raise FitError(f"{store}: {len(groups)} experiments (configs differ in {', '.join(differ)}); "
-                       f"select one with --where KEY=VALUE, e.g. {example}")
+        raise FitError(
+            f"{store}: {len(groups)} experiments (configs differ in {', '.join(differ)}); "
+            f"select one with --where KEY=VALUE, e.g. {example}"
+        )
     return groups[0], notes

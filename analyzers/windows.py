@@ -15,6 +15,7 @@ Automatic choice (when no ``--window`` is given):
 The sensitivity table refits gamma1 with each edge moved by -0.2 .. +0.2
 decades, so one can see how much the answer depends on the choice.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,13 +41,22 @@ class WindowChoice:
     candidates: int
 
 
-def _fit_law1(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray, window: tuple[float, float],
-              method: str) -> Any:
+def _fit_law1(
+    log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray, window: tuple[float, float], method: str
+) -> Any:
     return plugins.get("fitters", "law1")(window=window, method=method).fit(log10_grid, mean_error, P)
 
 
-def choose_window(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray, *, method: str = "paper",
-                  step: float = 0.1, min_width: float = 0.5, agree_tol: float = 0.02) -> WindowChoice:
+def choose_window(
+    log10_grid: np.ndarray,
+    mean_error: np.ndarray,
+    P: np.ndarray,
+    *,
+    method: str = "paper",
+    step: float = 0.1,
+    min_width: float = 0.5,
+    agree_tol: float = 0.02,
+) -> WindowChoice:
     """The widest window of lambda/lambda* < 1 whose per-P slopes agree best (module docstring)."""
     log10_x, log10_y = plugins.get("fitters", "law1").collapse(log10_grid, mean_error, P)
     lowest = float(np.max(np.min(np.where(np.isfinite(log10_y), log10_x, np.inf), axis=1)))  # every P has points there
@@ -66,22 +76,31 @@ def choose_window(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray,
             score = float(np.std(fit.gamma1_P_))
             scored.append((score, (b - a) * step, b * step, a * step))
     if not scored:
-        raise FitError(f"no window of lambda/lambda* < 1 spanning {min_width:g} decades holds 3 grid points for "
-                       f"every P in {', '.join(str(int(p)) for p in P)}; pass --window LO HI or a finer --grid")
+        raise FitError(
+            f"no window of lambda/lambda* < 1 spanning {min_width:g} decades holds 3 grid points for "
+            f"every P in {', '.join(str(int(p)) for p in P)}; pass --window LO HI or a finer --grid"
+        )
     best = min(s[0] for s in scored)
     acceptable = [s for s in scored if s[0] <= best + agree_tol]
     score, _, b, a = max(acceptable, key=lambda s: (round(s[1], 9), -s[0], s[2]))
-    return WindowChoice((10.0 ** a, 10.0 ** b), score, tried)
+    return WindowChoice((10.0**a, 10.0**b), score, tried)
 
 
-def window_sensitivity(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray, window: tuple[float, float],
-                       *, method: str = "paper", shifts: tuple[float, ...] = SENSITIVITY_SHIFTS) -> list[dict[str, Any]]:
+def window_sensitivity(
+    log10_grid: np.ndarray,
+    mean_error: np.ndarray,
+    P: np.ndarray,
+    window: tuple[float, float],
+    *,
+    method: str = "paper",
+    shifts: tuple[float, ...] = SENSITIVITY_SHIFTS,
+) -> list[dict[str, Any]]:
     """gamma1 for the window with each edge shifted by ``shifts`` decades; rows that cannot be fitted say why."""
     lo, hi = window
     rows: list[dict[str, Any]] = []
     for d_lo in shifts:
         for d_hi in shifts:
-            w = (lo * 10.0 ** d_lo, hi * 10.0 ** d_hi)
+            w = (lo * 10.0**d_lo, hi * 10.0**d_hi)
             row: dict[str, Any] = {"lo": w[0], "hi": w[1], "shift_lo": d_lo, "shift_hi": d_hi}
             if w[1] <= w[0]:
                 continue

@@ -17,6 +17,7 @@ Last line: ``ratio_vs_svd=X ratio_vs_read=Y max_rel_err=Z`` with
 X = t_svd / t_normdyn, Y = t_normdyn / t_read and Z the largest relative
 difference between the two spectral complexities over all checkpoints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,23 @@ def write_run(store: Path, checkpoints: int, drift: float, seed: int, init_facto
         rows, cols = w.shape[0], w[0].numel()
         u = torch.randn(rows, 4, generator=gen)
         v = torch.randn(cols, 4, generator=gen)
-        strength = torch.tensor([4.0, 2.5, 1.6, 1.2]) * float(w.std()) / init_factor * math.sqrt(max(rows, cols)) / math.sqrt(rows * cols)
+        strength = (
+            torch.tensor([4.0, 2.5, 1.6, 1.2])
+            * float(w.std())
+            / init_factor
+            * math.sqrt(max(rows, cols))
+            / math.sqrt(rows * cols)
+        )
         directions[layer["weight"]] = ((u * strength) @ v.T).reshape(w.shape)
-    run = Run.create(store, "cnn-cifar10", config={"benchmark": "analyze_bench"}, model_spec=spec,
-                     dataset={"name": "cifar10"}, P=50000, seed=seed)
+    run = Run.create(
+        store,
+        "cnn-cifar10",
+        config={"benchmark": "analyze_bench"},
+        model_spec=spec,
+        dataset={"name": "cifar10"},
+        P=50000,
+        seed=seed,
+    )
     steps = np.unique(np.round(np.logspace(0, 4, checkpoints - 1)).astype(int))
     steps = [0, *steps.tolist()]
     while len(steps) < checkpoints:
@@ -104,19 +118,27 @@ def reference_values(run: Run, device: str) -> tuple[list[float], float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=int, default=40, help="Checkpoints in the run (default 40).")
-    parser.add_argument("--drift", type=float, default=1e-3, help="Noise per checkpoint, relative to each tensor's std.")
+    parser.add_argument(
+        "--drift", type=float, default=1e-3, help="Noise per checkpoint, relative to each tensor's std."
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init-factor", type=float, default=0.05,
-                        help="Initial weights times this (the paper's small init, 0.05; 1 = PyTorch's default init).")
+    parser.add_argument(
+        "--init-factor",
+        type=float,
+        default=0.05,
+        help="Initial weights times this (the paper's small init, 0.05; 1 = PyTorch's default init).",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="Write the store here and keep it.")
     args = parser.parse_args()
     store = args.keep or Path(tempfile.mkdtemp(prefix="normdyn-analyze-bench-"))
     try:
         t0 = time.perf_counter()
         run = write_run(store, args.checkpoints, args.drift, args.seed, args.init_factor)
-        nparams = sum(run.checkpoint(0).shape(k)[0] * int(np.prod(run.checkpoint(0).shape(k)[1:]))
-                      for k in run.checkpoint(0).keys())
+        nparams = sum(
+            run.checkpoint(0).shape(k)[0] * int(np.prod(run.checkpoint(0).shape(k)[1:]))
+            for k in run.checkpoint(0).keys()
+        )
         print(f"wrote {len(run)} checkpoints of {nparams / 1e6:.1f}M parameters in {time.perf_counter() - t0:.1f}s")
         time_read(run)  # warm the page cache: all three contenders then read from memory
         t_read = time_read(run)

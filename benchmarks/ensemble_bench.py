@@ -27,6 +27,7 @@ see docs/training.md).
 
 Last line: ``ensemble_speedup=X`` (the median over repeats; X > 1: the ensemble is faster).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,21 @@ from normdyn.trainer.setup import load_data
 
 def _configs(args: argparse.Namespace, data_root: str | None) -> list[TrainConfig]:
     if args.model == "mlp":
-        base = TrainConfig(model="mlp", dataset="mnist1d", P=4000, model_params={"widths": [100, 100]},
-                           data_root=data_root)
+        base = TrainConfig(
+            model="mlp", dataset="mnist1d", P=4000, model_params={"widths": [100, 100]}, data_root=data_root
+        )
     else:
         base = TrainConfig(model="cnn", dataset="bench_mnist", P=2048, data_root=None)
-    base = replace(base, epochs=args.epochs, schedule=f"log:{args.points}", batch_size=128, optimizer="adam",
-                   lr=1e-3, device=args.device, eval_batch_size=args.eval_batch_size)
+    base = replace(
+        base,
+        epochs=args.epochs,
+        schedule=f"log:{args.points}",
+        batch_size=128,
+        optimizer="adam",
+        lr=1e-3,
+        device=args.device,
+        eval_batch_size=args.eval_batch_size,
+    )
     return [replace(base, seed=s) for s in range(args.seeds)]
 
 
@@ -120,9 +130,11 @@ def main() -> None:
         configs = _configs(args, data_root=str(Path(tmp) / "data"))
         load_data(configs[0])  # MNIST-1D is generated and cached here, outside the timings
         steps = configs[0].epochs * -(-configs[0].P // 128)  # type: ignore[operator]
-        print(f"device={args.device} torch_threads={torch.get_num_threads()} model={args.model} S={args.seeds} "
-              f"P={configs[0].P} batch=128 epochs={args.epochs} steps/seed={steps} schedule=log:{args.points} "
-              f"({steps // args.points} steps per point)")
+        print(
+            f"device={args.device} torch_threads={torch.get_num_threads()} model={args.model} S={args.seeds} "
+            f"P={configs[0].P} batch=128 epochs={args.epochs} steps/seed={steps} schedule=log:{args.points} "
+            f"({steps // args.points} steps per point)"
+        )
         # One-time costs outside the timings, for both sides: the optimizer's first construction imports
         # torch._dynamo (seconds on this CPU, paid by whichever side ran first), the CUDA context, cuDNN.
         _ensemble([replace(c, epochs=1, schedule="log:1") for c in configs[:2]], Path(tmp) / "warm-e")
@@ -133,12 +145,16 @@ def main() -> None:
             timed = {fn.__name__: fn(configs, Path(tmp) / f"{fn.__name__}-{r}") for fn in order}
             (t_seq, w_seq), (t_ens, w_ens) = timed["_sequential"], timed["_ensemble"]
             ratios.append(t_seq / t_ens)
-            print(f"repeat {r}: one after another {t_seq:.2f} s ({args.seeds * steps / t_seq:.0f} seed-steps/s), "
-                  f"ensemble {t_ens:.2f} s ({args.seeds * steps / t_ens:.0f} seed-steps/s), speedup {ratios[-1]:.2f}")
+            print(
+                f"repeat {r}: one after another {t_seq:.2f} s ({args.seeds * steps / t_seq:.0f} seed-steps/s), "
+                f"ensemble {t_ens:.2f} s ({args.seeds * steps / t_ens:.0f} seed-steps/s), speedup {ratios[-1]:.2f}"
+            )
             if r == 0:
                 diffs = [_max_rel(a, b) for a, b in zip(w_seq, w_ens)]
-                print("max relative weight difference per seed (ensemble vs separate): "
-                      + " ".join(f"{d:.1e}" for d in diffs))
+                print(
+                    "max relative weight difference per seed (ensemble vs separate): "
+                    + " ".join(f"{d:.1e}" for d in diffs)
+                )
         print(f"speedup min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f}")
         print(f"ensemble_speedup={statistics.median(ratios):.2f}")
 

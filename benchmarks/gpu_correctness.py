@@ -8,6 +8,7 @@
 3. A seed ensemble on cuda vs separate cuda runs of the same seeds (2 epochs).
 Last line: ``gpu_correctness=ok|FAILED``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,13 +20,20 @@ import numpy as np
 import torch
 
 from normdyn.analyzers.analyze import analyze_store
-from normdyn.core.store import Run
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.ensemble import train_ensemble
 from normdyn.trainer.loop import train
 
-MEASURES = ["spectral_complexity", "spectral_complexity_dn", "spectral_product", "frobenius", "l1", "group21",
-            "path_norm", "distance_from_init"]
+MEASURES = [
+    "spectral_complexity",
+    "spectral_complexity_dn",
+    "spectral_product",
+    "frobenius",
+    "l1",
+    "group21",
+    "path_norm",
+    "distance_from_init",
+]
 
 
 def max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -35,9 +43,19 @@ def max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def main(acc: str) -> int:
     """``acc`` is the accelerator compared with the CPU (``cpu`` gives a dry run)."""
     tmp = Path(tempfile.mkdtemp())
-    base = TrainConfig(model="mlp", dataset="teacher", P=2000, seed=0, epochs=20, schedule="log:8", lr=1e-3,
-                       model_params={"widths": [256, 256]}, dataset_params={"N": 100, "n_train": 4000, "n_test": 2000},
-                       data_root=str(tmp / "data"), init_factor=0.5)
+    base = TrainConfig(
+        model="mlp",
+        dataset="teacher",
+        P=2000,
+        seed=0,
+        epochs=20,
+        schedule="log:8",
+        lr=1e-3,
+        model_params={"widths": [256, 256]},
+        dataset_params={"N": 100, "n_train": 4000, "n_test": 2000},
+        data_root=str(tmp / "data"),
+        init_factor=0.5,
+    )
     ok = True
     runs = {"cpu": train(replace(base, device="cpu", store=str(tmp / "ref")), progress=False)}
     runs[acc] = train(replace(base, device=acc, store=str(tmp / "acc")), progress=False)
@@ -45,8 +63,10 @@ def main(acc: str) -> int:
     err = {d: runs[d].checkpoints()["test_error"][-1] for d in runs}
     good = rel < 1e-3 and abs(err[acc] - err["cpu"]) <= 0.01
     ok &= good
-    print(f"train {acc} vs cpu: max_rel_weight_diff={rel:.2e} test_error cpu={err['cpu']:.4f} {acc}={err[acc]:.4f} "
-          f"{'ok' if good else 'FAILED'}")
+    print(
+        f"train {acc} vs cpu: max_rel_weight_diff={rel:.2e} test_error cpu={err['cpu']:.4f} {acc}={err[acc]:.4f} "
+        f"{'ok' if good else 'FAILED'}"
+    )
     store = tmp / "acc"
     for dev in ("cpu", acc):
         summary = analyze_store(store, MEASURES, device=dev, force=True)
@@ -63,12 +83,20 @@ def main(acc: str) -> int:
     members = train_ensemble(seeds, progress=False)
     sep = [train(replace(c, store=str(tmp / "sep")), progress=False) for c in seeds]
     rel = max(max_rel(r.load_state_dict(-1), s.load_state_dict(-1)) for (r, _), s in zip(members, sep))
-    loss = max(float(np.max(np.abs(r.checkpoints()["train_loss"] - s.checkpoints()["train_loss"])
-                            / s.checkpoints()["train_loss"])) for (r, _), s in zip(members, sep))
+    loss = max(
+        float(
+            np.max(
+                np.abs(r.checkpoints()["train_loss"] - s.checkpoints()["train_loss"]) / s.checkpoints()["train_loss"]
+            )
+        )
+        for (r, _), s in zip(members, sep)
+    )
     good = loss < 1e-4  # weights: Adam can amplify rounding in near-zero-gradient components
     ok &= good
-    print(f"ensemble {acc} (S=4) vs separate {acc} runs: max_rel_train_loss_diff={loss:.2e} "
-          f"max_rel_weight_diff={rel:.2e} {'ok' if good else 'FAILED'}")
+    print(
+        f"ensemble {acc} (S=4) vs separate {acc} runs: max_rel_train_loss_diff={loss:.2e} "
+        f"max_rel_weight_diff={rel:.2e} {'ok' if good else 'FAILED'}"
+    )
     print(f"gpu_correctness={'ok' if ok else 'FAILED'}")
     return 0 if ok else 1
 

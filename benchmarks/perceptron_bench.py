@@ -26,6 +26,7 @@ is large: see tests/test_perceptron_experiment.py).
 Last line: ``perceptron_speedup=X``, the grid phase's median with the
 device's default kernel (X > 1: batched is faster).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,15 +59,25 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _loop(exp: PerceptronExperiment, xs: list[torch.Tensor], ys: list[torch.Tensor], steps: int,
-          device: str) -> tuple[float, list[torch.Tensor]]:
+def _loop(
+    exp: PerceptronExperiment, xs: list[torch.Tensor], ys: list[torch.Tensor], steps: int, device: str
+) -> tuple[float, list[torch.Tensor]]:
     """The former per-system loop: seconds, final v of every system (seed-major, alpha ascending)."""
     systems = []
     for x, y in zip(xs, ys):
         for alpha in sorted(exp.alphas):
             P = exp.P(alpha)
-            systems.append({"x": x[:P], "y": y[:P], "v": torch.zeros(exp.N, dtype=torch.float64, device=device),
-                            "eta": exp.lr0, "theta": math.inf, "v_prev": None, "g_prev": None})
+            systems.append(
+                {
+                    "x": x[:P],
+                    "y": y[:P],
+                    "v": torch.zeros(exp.N, dtype=torch.float64, device=device),
+                    "eta": exp.lr0,
+                    "theta": math.inf,
+                    "v_prev": None,
+                    "g_prev": None,
+                }
+            )
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -88,12 +99,19 @@ def _loop(exp: PerceptronExperiment, xs: list[torch.Tensor], ys: list[torch.Tens
     return time.perf_counter() - start, [s["v"] for s in systems]
 
 
-def _batched(exp: PerceptronExperiment, xs: list[torch.Tensor], ys: list[torch.Tensor], steps: int, device: str,
-             kernel: str) -> tuple[float, list[torch.Tensor]]:
+def _batched(
+    exp: PerceptronExperiment, xs: list[torch.Tensor], ys: list[torch.Tensor], steps: int, device: str, kernel: str
+) -> tuple[float, list[torch.Tensor]]:
     """BatchedDescent as run_experiment drives it: seconds, final v of every system."""
     Z = torch.stack([y.unsqueeze(1) * x for x, y in zip(xs, ys)])
-    gd = BatchedDescent(Z, [exp.P(a) for a in sorted(exp.alphas)], lr0=exp.lr0, safety=exp.lr_safety,
-                        rho=exp.max_rel_step, kernel=kernel)
+    gd = BatchedDescent(
+        Z,
+        [exp.P(a) for a in sorted(exp.alphas)],
+        lr0=exp.lr0,
+        safety=exp.lr_safety,
+        rho=exp.max_rel_step,
+        kernel=kernel,
+    )
     running = [[True] * len(exp.alphas) for _ in exp.seeds]
     moving = torch.tensor(running, device=device)
     _sync(device)
@@ -122,11 +140,16 @@ def _phase(name: str, exp: PerceptronExperiment, steps: int, repeats: int, devic
     speedups = {}
     for kernel in KERNELS:
         speedups[kernel] = statistics.median(a / b for a, b in zip(seconds["loop"], seconds[kernel]))
-        diff = max(float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(a))
-                   for a, b in zip(final["loop"], final[kernel]))
-        print(f"  {kernel:<15} {statistics.median(seconds[kernel]) / steps * 1e3:9.2f} ms/step  speedup "
-              f"{speedups[kernel]:5.2f} (per-repeat {', '.join(f'{a / b:.2f}' for a, b in zip(seconds['loop'], seconds[kernel]))})"
-              f"  max rel |v - v_loop| {diff:.1e}")
+        diff = max(
+            float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(a))
+            for a, b in zip(final["loop"], final[kernel])
+        )
+        per_repeat = ", ".join(f"{a / b:.2f}" for a, b in zip(seconds["loop"], seconds[kernel]))
+        print(
+            f"  {kernel:<15} {statistics.median(seconds[kernel]) / steps * 1e3:9.2f} ms/step  speedup "
+            f"{speedups[kernel]:5.2f} (per-repeat {per_repeat})"
+            f"  max rel |v - v_loop| {diff:.1e}"
+        )
     return speedups
 
 
@@ -143,11 +166,17 @@ def main() -> None:
         parser.error("--device cuda: CUDA is not available here")
     alphas = tuple(float(a) for a in args.alphas.split(","))
     exp = PerceptronExperiment(N=args.N, alphas=alphas, seeds=tuple(range(args.seeds)), device=args.device)
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, float64; "
-          f"no store writes")
+    print(
+        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, float64; no store writes"
+    )
     grid = _phase("grid", exp, args.steps, args.repeats, args.device)
-    _phase("tail", PerceptronExperiment(N=args.N, alphas=(max(alphas),), seeds=exp.seeds, device=args.device),
-           args.steps, args.repeats, args.device)
+    _phase(
+        "tail",
+        PerceptronExperiment(N=args.N, alphas=(max(alphas),), seeds=exp.seeds, device=args.device),
+        args.steps,
+        args.repeats,
+        args.device,
+    )
     print(f"perceptron_speedup={grid[default_kernel(args.device)]:.2f}")
 
 

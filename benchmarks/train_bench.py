@@ -23,6 +23,7 @@ rates, and the last line reports the geometric middle of the grid (P=6000).
 
 Last line: ``ratio_vs_dataloader=X overhead_pct=Y`` (X > 1: normdyn faster).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ import copy
 import statistics
 import tempfile
 import time
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -68,8 +69,14 @@ class SyntheticMNIST:
         def norm(u8: torch.Tensor) -> torch.Tensor:
             return ((u8.float() / 255 - 0.5) / 0.5).unsqueeze(1)
 
-        return DatasetTensors(norm(self.raw_train[0]), self.raw_train[1], norm(self.raw_test[0]), self.raw_test[1],
-                              num_classes=10, input_shape=(1, 28, 28))
+        return DatasetTensors(
+            norm(self.raw_train[0]),
+            self.raw_train[1],
+            norm(self.raw_test[0]),
+            self.raw_test[1],
+            num_classes=10,
+            input_shape=(1, 28, 28),
+        )
 
 
 def _sync(device: torch.device) -> None:
@@ -85,8 +92,9 @@ def _timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _dataloader_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
-                      device: torch.device) -> None:
+def _dataloader_epoch(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, device: torch.device
+) -> None:
     model.train()
     for xb, yb in loader:
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
@@ -134,12 +142,24 @@ def main() -> None:
             register(source)
 
     plugins.register_plugin(Plugin(), name="bench-mnist")
-    config = TrainConfig(model="cnn", dataset="bench_mnist", P=args.P, seed=0, epochs=args.T, schedule="log:50",
-                         batch_size=128, init_factor=0.05, data_root=None, device=args.device)
+    config = TrainConfig(
+        model="cnn",
+        dataset="bench_mnist",
+        P=args.P,
+        seed=0,
+        epochs=args.T,
+        schedule="log:50",
+        batch_size=128,
+        init_factor=0.05,
+        data_root=None,
+        device=args.device,
+    )
     t = prepare(config)
     init_model, init_opt = copy.deepcopy(t.model.state_dict()), copy.deepcopy(t.optimizer.state_dict())
-    print(f"device={device} torch_threads={torch.get_num_threads()} P={args.P} batch=128 "
-          f"test={args.test_size} model=cnn (MNIST preset)")
+    print(
+        f"device={device} torch_threads={torch.get_num_threads()} P={args.P} batch=128 "
+        f"test={args.test_size} model=cnn (MNIST preset)"
+    )
 
     order = torch.Generator().manual_seed(ORDER_SEED_OFFSET)
     at = Position()
@@ -157,8 +177,9 @@ def main() -> None:
         "dataloader": lambda: _dataloader_epoch(ref_model, ref_opt, loader, device),
     }
     if device.type == "cuda":
-        pil_loader = DataLoader(PILTransformDataset(*source.raw_train), batch_size=128, shuffle=True, num_workers=4,
-                                persistent_workers=True)
+        pil_loader = DataLoader(
+            PILTransformDataset(*source.raw_train), batch_size=128, shuffle=True, num_workers=4, persistent_workers=True
+        )
         pipelines["dataloader_transforms"] = lambda: _dataloader_epoch(ref_model, ref_opt, pil_loader, device)
     for fn in pipelines.values():  # warm-up (allocator, kernels, workers)
         fn()
@@ -187,8 +208,10 @@ def main() -> None:
         ckpt_bytes = int(run.checkpoints()["bytes"][-1])
     point, evaluation = statistics.median(point_times), statistics.median(eval_times)
     writes = max(point - evaluation, 0.0)
-    print(f"point_time_s={point:.4f} eval_time_s={evaluation:.4f} (P={args.P} + test {args.test_size} samples) "
-          f"write_time_s={writes:.4f} ({ckpt_bytes / 1e6:.1f} MB checkpoint + resume state)")
+    print(
+        f"point_time_s={point:.4f} eval_time_s={evaluation:.4f} (P={args.P} + test {args.test_size} samples) "
+        f"write_time_s={writes:.4f} ({ckpt_bytes / 1e6:.1f} MB checkpoint + resume state)"
+    )
 
     # per-sample rates -> overhead of the log:50 schedule for a run of T epochs at any P
     train_per_sample = epoch["normdyn"] / args.P

@@ -3,9 +3,11 @@
 core imports nothing else of normdyn; built-in plugins are known to it only as
 module-name strings in :data:`normdyn.core.plugins.DEFAULT_PLUGINS`.
 """
+
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("normdyn")

@@ -2,13 +2,14 @@
 os.replace, fsync of the directory. A reader, or a crash at any moment, sees
 either the old file or the new one, never a half-written file under the final
 name. Temporary names start with ``.tmp-`` so fsck can recognise leftovers."""
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 TMP_PREFIX = ".tmp-"
 

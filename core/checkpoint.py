@@ -6,14 +6,15 @@ reads each tensor's byte range with seek/read, so reading one tensor of a
 large checkpoint reads only that tensor's bytes, and every defect gets an
 error that names the file and what is wrong with it.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import torch
 from safetensors.torch import save as _st_save
@@ -24,9 +25,16 @@ from normdyn.core.errors import StoreError
 __all__ = ["CheckpointFile", "write_checkpoint", "sha256_file"]
 
 _DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 _MAX_HEADER = 100 * 1024 * 1024
 ORDER_KEY = "tensor_order"
@@ -69,8 +77,7 @@ class CheckpointFile:
             (n,) = struct.unpack("<Q", head)
             if n > _MAX_HEADER or 8 + n > size:
                 raise StoreError(
-                    f"{self.path}: corrupted or truncated safetensors header "
-                    f"(header claims {n} bytes, file has {size})"
+                    f"{self.path}: corrupted or truncated safetensors header (header claims {n} bytes, file has {size})"
                 )
             raw = fh.read(n)
         try:
@@ -158,8 +165,9 @@ class CheckpointFile:
             if stop == begin:
                 out[name] = torch.empty(shape, dtype=dtype)
             else:  # views into one buffer: no per-tensor copy
-                out[name] = torch.frombuffer(data, dtype=dtype, count=(stop - begin) // dtype.itemsize,
-                                             offset=begin).reshape(shape)
+                out[name] = torch.frombuffer(
+                    data, dtype=dtype, count=(stop - begin) // dtype.itemsize, offset=begin
+                ).reshape(shape)
         return out
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:

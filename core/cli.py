@@ -4,6 +4,7 @@ Every other command is added by a plugin through ``register_commands``.
 Library errors (:class:`NormdynError`) become one-line click errors here, for
 every command, including plugins' commands.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,16 @@ def store() -> None:
 def _run_row(run: Run) -> list[Any]:
     attrs = run.attrs
     spec, data = attrs.get("model_spec", {}), attrs.get("dataset", {})
-    return [attrs["run_id"], spec.get("name", "?"), data.get("name", "?"), attrs.get("P", "?"),
-            attrs.get("seed", "?"), attrs.get("status", "?"), len(run), ",".join(run.measures()) or "-"]
+    return [
+        attrs["run_id"],
+        spec.get("name", "?"),
+        data.get("name", "?"),
+        attrs.get("P", "?"),
+        attrs.get("seed", "?"),
+        attrs.get("status", "?"),
+        len(run),
+        ",".join(run.measures()) or "-",
+    ]
 
 
 def _require_runs(store_dir: str, found: list[Any], errors: list[Any]) -> None:

@@ -1,10 +1,12 @@
 """What plugins provide: the typed shape of measures, models, datasets and
 report sections. Plugins need not inherit from these Protocols; they only
 have to match them (duck typing, checked where used)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -49,7 +51,7 @@ class DatasetTensors:
     num_classes: int
     input_shape: tuple[int, ...]
     spec: dict[str, Any] = field(default_factory=dict)
-    exact_test_error: Callable[["nn.Module"], float | None] | None = None
+    exact_test_error: Callable[[nn.Module], float | None] | None = None
 
 
 @runtime_checkable
@@ -75,7 +77,7 @@ class ModelFamily(Protocol):
 
     def spec(self, *, input_shape: tuple[int, ...], num_classes: int, **params: Any) -> dict[str, Any]: ...
 
-    def build(self, spec: Mapping[str, Any]) -> "nn.Module": ...
+    def build(self, spec: Mapping[str, Any]) -> nn.Module: ...
 
 
 @runtime_checkable

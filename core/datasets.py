@@ -17,10 +17,12 @@ Generic parameters, taken out before the dataset plugin sees the rest:
   every P and seed.
 - ``label_noise_seed`` (int >= 0, default 0).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,8 +53,9 @@ def noisy_labels(y: torch.Tensor, fraction: float, num_classes: int, seed: int) 
     return out
 
 
-def load_dataset(name: str, *, root: str | None = None, download: bool = False,
-                 params: Mapping[str, Any] | None = None) -> DatasetTensors:
+def load_dataset(
+    name: str, *, root: str | None = None, download: bool = False, params: Mapping[str, Any] | None = None
+) -> DatasetTensors:
     """Dataset ``name`` through its plugin, with the generic parameters applied (module docstring)."""
     params = dict(params or {})
     fraction = params.pop("label_noise", 0.0)

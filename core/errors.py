@@ -1,5 +1,6 @@
 """The exception hierarchy. Library code raises these; only CLI code turns
 them into click errors (one line, no traceback, non-zero exit)."""
+
 from __future__ import annotations
 
 

@@ -21,16 +21,18 @@ an analysis task computes only the missing measure rows. Every option is
 checked, and a scheduler connected to, before the first task is submitted.
 Dask is imported inside functions only, so core imports without it.
 """
+
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
 import re
 import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from normdyn.core.errors import ConfigError
 
@@ -100,7 +102,9 @@ def dask_options(jobs: int, options: Mapping[str, Any]) -> DaskOptions:
     if opts.cluster is not None:
         _import_jobqueue()
     if opts.scheduler is not None and jobs != 1:
-        raise ConfigError(f"--jobs {jobs} has no effect with --scheduler: the cluster at {opts.scheduler} has its own workers")
+        raise ConfigError(
+            f"--jobs {jobs} has no effect with --scheduler: the cluster at {opts.scheduler} has its own workers"
+        )
     if opts.cluster is None:
         batch = [name for name in _BATCH_OPTIONS if getattr(opts, name) not in (None, 0)]
         if batch:
@@ -140,20 +144,36 @@ def _jobqueue_kwargs(opts: DaskOptions) -> tuple[Any, dict[str, Any]]:
     cores = opts.cores if opts.cores is not None else dask.config.get(f"{config}.cores", None) or 1
     memory = opts.memory if opts.memory is not None else dask.config.get(f"{config}.memory", None)
     if memory is None:
-        raise ConfigError(f"--cluster {kind} needs --memory (per job, e.g. 16GiB) or jobqueue.{kind}.memory in the Dask config")
+        raise ConfigError(
+            f"--cluster {kind} needs --memory (per job, e.g. 16GiB) or jobqueue.{kind}.memory in the Dask config"
+        )
     kwargs: dict[str, Any] = {"cores": cores, "processes": cores, "memory": memory}
-    kwargs.update({k: v for k, v in (("queue", opts.queue), ("account", opts.account), ("walltime", opts.walltime),
-                                     ("interface", opts.interface)) if v is not None})
+    kwargs.update(
+        {
+            k: v
+            for k, v in (
+                ("queue", opts.queue),
+                ("account", opts.account),
+                ("walltime", opts.walltime),
+                ("interface", opts.interface),
+            )
+            if v is not None
+        }
+    )
     # Every process would otherwise start one BLAS/torch thread per core of the node.
     kwargs["job_script_prologue"] = [*dask.config.get(f"{config}.job-script-prologue", []), "export OMP_NUM_THREADS=1"]
     if opts.gpus and kind == "slurm":
-        kwargs["job_extra_directives"] = [*dask.config.get(f"{config}.job-extra-directives", []),
-                                          f"--gres=gpu:{opts.gpus}"]
+        kwargs["job_extra_directives"] = [
+            *dask.config.get(f"{config}.job-extra-directives", []),
+            f"--gres=gpu:{opts.gpus}",
+        ]
     if opts.gpus and kind == "pbs":
-        from dask_jobqueue.pbs import pbs_format_bytes_ceil
         from dask.utils import parse_bytes
+        from dask_jobqueue.pbs import pbs_format_bytes_ceil
 
-        kwargs["resource_spec"] = f"select=1:ncpus={cores}:mem={pbs_format_bytes_ceil(parse_bytes(memory))}:ngpus={opts.gpus}"
+        kwargs["resource_spec"] = (
+            f"select=1:ncpus={cores}:mem={pbs_format_bytes_ceil(parse_bytes(memory))}:ngpus={opts.gpus}"
+        )
     return cls, kwargs
 
 
@@ -188,8 +208,10 @@ def _probe_scheduler(address: str, timeout: float) -> None:
         try:
             pool.submit(asyncio.run, probe()).result()
         except (OSError, TimeoutError, ValueError) as exc:
-            raise ConfigError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
-                              f"({type(exc).__name__}: {exc}); check the address and that `dask scheduler` runs there") from None
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
+                f"({type(exc).__name__}: {exc}); check the address and that `dask scheduler` runs there"
+            ) from None
 
 
 def _dask_client(opts: DaskOptions, jobs: int, stack: ExitStack) -> Any:
@@ -197,14 +219,17 @@ def _dask_client(opts: DaskOptions, jobs: int, stack: ExitStack) -> Any:
     distributed = _import_distributed()
     if opts.scheduler is not None:
         _probe_scheduler(opts.scheduler, opts.connect_timeout)
-        return stack.enter_context(distributed.Client(opts.scheduler, timeout=opts.connect_timeout,
-                                                      set_as_default=False))
+        return stack.enter_context(
+            distributed.Client(opts.scheduler, timeout=opts.connect_timeout, set_as_default=False)
+        )
     if opts.cluster is not None:
         cls, kwargs = _jobqueue_kwargs(opts)
         submit = CLUSTERS[opts.cluster][1]
         if shutil.which(submit) is None:
-            raise ConfigError(f"--cluster {opts.cluster}: `{submit}` is not on PATH; run normdyn on a login node of the "
-                              f"{opts.cluster.upper()} cluster (preview the job script with --job-script)")
+            raise ConfigError(
+                f"--cluster {opts.cluster}: `{submit}` is not on PATH; run normdyn on a login node of the "
+                f"{opts.cluster.upper()} cluster (preview the job script with --job-script)"
+            )
         cluster = stack.enter_context(cls(**kwargs))
         # Adaptive scaling replaces jobs lost to preemption or walltime while tasks remain.
         cluster.adapt(minimum_jobs=0, maximum_jobs=jobs)
@@ -213,8 +238,9 @@ def _dask_client(opts: DaskOptions, jobs: int, stack: ExitStack) -> Any:
     return stack.enter_context(distributed.Client(cluster, set_as_default=False))
 
 
-def _dask_map(fn: Callable[[T], Any], tasks: list[T], client: Any, retries: int,
-              stack: ExitStack) -> Iterator[tuple[T, Any]]:
+def _dask_map(
+    fn: Callable[[T], Any], tasks: list[T], client: Any, retries: int, stack: ExitStack
+) -> Iterator[tuple[T, Any]]:
     from distributed import as_completed as dask_as_completed
 
     with stack:
@@ -242,8 +268,9 @@ def _local(fn: Callable[[T], Any], tasks: list[T], jobs: int) -> Iterator[tuple[
             yield futures[fut], exc if exc is not None else fut.result()
 
 
-def map_tasks(fn: Callable[[T], Any], tasks: Iterable[T], *, executor: str = "local", jobs: int = 1,
-              **options: Any) -> Iterator[tuple[T, Any]]:
+def map_tasks(
+    fn: Callable[[T], Any], tasks: Iterable[T], *, executor: str = "local", jobs: int = 1, **options: Any
+) -> Iterator[tuple[T, Any]]:
     """Apply ``fn`` to every task; yield ``(task, result_or_exception)`` as each finishes.
 
     ``options`` are the ``dask`` executor's (fields of :class:`DaskOptions`).

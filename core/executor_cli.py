@@ -8,10 +8,12 @@ never sees one. The options are checked before the command body runs, and
 ``--job-script`` prints the batch script and exits without running the
 command at all.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -19,7 +21,18 @@ from normdyn.core.executor import CLUSTERS, EXECUTORS, dask_options, job_script
 
 __all__ = ["executor_options"]
 
-_DASK_OPTIONS = ("scheduler", "cluster", "queue", "account", "walltime", "cores", "memory", "gpus", "interface", "retries")
+_DASK_OPTIONS = (
+    "scheduler",
+    "cluster",
+    "queue",
+    "account",
+    "walltime",
+    "cores",
+    "memory",
+    "gpus",
+    "interface",
+    "retries",
+)
 
 
 def _collect(executor: str, jobs: int, given: dict[str, Any]) -> dict[str, Any]:
@@ -38,27 +51,58 @@ def _collect(executor: str, jobs: int, given: dict[str, Any]) -> dict[str, Any]:
 def executor_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--executor``, ``--jobs`` and the Dask options; collect them into ``executor_opts``."""
 
-    @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
-                  help="Where tasks run: a local process pool, or Dask (pip install normdyn[dask]).")
-    @click.option("--jobs", "-j", type=int, default=1, show_default=True,
-                  help="local: worker processes. dask --cluster: most batch jobs at once. "
-                       "dask alone: local Dask worker processes.")
-    @click.option("--scheduler", metavar="ADDRESS", default=None,
-                  help="dask: address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786.")
-    @click.option("--cluster", type=click.Choice(tuple(CLUSTERS)), default=None,
-                  help="dask: start workers as batch jobs on this system (dask-jobqueue).")
+    @click.option(
+        "--executor",
+        type=click.Choice(EXECUTORS),
+        default="local",
+        show_default=True,
+        help="Where tasks run: a local process pool, or Dask (pip install normdyn[dask]).",
+    )
+    @click.option(
+        "--jobs",
+        "-j",
+        type=int,
+        default=1,
+        show_default=True,
+        help="local: worker processes. dask --cluster: most batch jobs at once. "
+        "dask alone: local Dask worker processes.",
+    )
+    @click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="dask: address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786.",
+    )
+    @click.option(
+        "--cluster",
+        type=click.Choice(tuple(CLUSTERS)),
+        default=None,
+        help="dask: start workers as batch jobs on this system (dask-jobqueue).",
+    )
     @click.option("--queue", default=None, help="--cluster: queue / partition (default: the site's).")
     @click.option("--account", default=None, help="--cluster: accounting string (-A).")
     @click.option("--walltime", default=None, help="--cluster: wall time per job, [D-]HH:MM:SS.")
-    @click.option("--cores", type=int, default=None,
-                  help="--cluster: CPUs per job; the job runs that many single-threaded tasks at once.")
+    @click.option(
+        "--cores",
+        type=int,
+        default=None,
+        help="--cluster: CPUs per job; the job runs that many single-threaded tasks at once.",
+    )
     @click.option("--memory", default=None, help="--cluster: memory per job, e.g. 16GiB.")
     @click.option("--gpus", type=int, default=None, help="--cluster: GPUs per job.")
     @click.option("--interface", default=None, help="--cluster: network interface for workers, e.g. ib0.")
-    @click.option("--retries", type=int, default=None,
-                  help="dask: reruns of a task that raised [default: 2]; tasks resume, so reruns are safe.")
-    @click.option("--job-script", "show_job_script", is_flag=True,
-                  help="--cluster: print the batch job script and exit without running anything.")
+    @click.option(
+        "--retries",
+        type=int,
+        default=None,
+        help="dask: reruns of a task that raised [default: 2]; tasks resume, so reruns are safe.",
+    )
+    @click.option(
+        "--job-script",
+        "show_job_script",
+        is_flag=True,
+        help="--cluster: print the batch job script and exit without running anything.",
+    )
     @functools.wraps(command)
     def wrapper(*args: Any, executor: str, jobs: int, show_job_script: bool, **kwargs: Any) -> Any:
         given = {k: kwargs.pop(k) for k in _DASK_OPTIONS}

@@ -11,6 +11,7 @@ aside (``run.h5.damaged-TIMESTAMP``) and rebuilt from the checkpoints'
 metadata; orphans are indexed (measures are kept, matched by step); stale
 temporary files (never complete, never under a final name) are removed.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,14 @@ from normdyn.core.atomic import TMP_PREFIX
 from normdyn.core.checkpoint import CheckpointFile, sha256_file
 from normdyn.core.errors import StoreError
 from normdyn.core.store import (
-    FORMAT, INDEX, MeasureRecord, Run, _put_measure, _fill_checkpoints, _write_new_index, checkpoint_filename,
+    FORMAT,
+    INDEX,
+    MeasureRecord,
+    Run,
+    _fill_checkpoints,
+    _put_measure,
+    _write_new_index,
+    checkpoint_filename,
     run_dirs,
 )
 
@@ -84,8 +92,13 @@ def _index_attrs(run_attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stale_temps(run_dir: Path) -> list[Path]:
-    return sorted(p for d in (run_dir, run_dir / "ckpt", run_dir / "resume") if d.is_dir()
-                  for p in d.iterdir() if p.name.startswith(TMP_PREFIX))
+    return sorted(
+        p
+        for d in (run_dir, run_dir / "ckpt", run_dir / "resume")
+        if d.is_dir()
+        for p in d.iterdir()
+        if p.name.startswith(TMP_PREFIX)
+    )
 
 
 def _scan_files(run_dir: Path, report: FsckReport) -> dict[str, _Found]:
@@ -135,8 +148,9 @@ def _index_orphans(run: Run, orphans: list[_Found], report: FsckReport) -> None:
                 if i in rec.errors:
                     new.errors[j] = rec.errors[i]
             _put_measure(f, name, new)
-    report.repaired.append(f"{run.index}: indexed {len(orphans)} orphan checkpoint(s): "
-                           + ", ".join(o.file for o in orphans))
+    report.repaired.append(
+        f"{run.index}: indexed {len(orphans)} orphan checkpoint(s): " + ", ".join(o.file for o in orphans)
+    )
 
 
 def fsck_run(run_dir: str | os.PathLike[str], *, repair: bool = False) -> FsckReport:
@@ -169,24 +183,30 @@ def fsck_run(run_dir: str | os.PathLike[str], *, repair: bool = False) -> FsckRe
                 report.problems.append(f"{path}: checkpoint listed in the index (row {i}) is missing")
             continue
         if f.row["sha256"] != table["sha256"][i]:
-            report.problems.append(f"{path}: sha256 mismatch (index {table['sha256'][i][:12]}..., file {f.row['sha256'][:12]}...)")
+            report.problems.append(
+                f"{path}: sha256 mismatch (index {table['sha256'][i][:12]}..., file {f.row['sha256'][:12]}...)"
+            )
         if f.row["bytes"] != int(table["bytes"][i]):
             report.problems.append(f"{path}: size {f.row['bytes']} differs from the index ({int(table['bytes'][i])})")
         if int(f.row["step"]) != int(table["step"][i]):
-            report.problems.append(f"{path}: metadata step {f.row['step']} differs from the index ({int(table['step'][i])})")
+            report.problems.append(
+                f"{path}: metadata step {f.row['step']} differs from the index ({int(table['step'][i])})"
+            )
         if f.run_attrs.get("run_id") != run.run_id:
-            report.problems.append(f"{path}: metadata names run {f.run_attrs.get('run_id')!r}, index says {run.run_id!r}")
+            report.problems.append(
+                f"{path}: metadata names run {f.run_attrs.get('run_id')!r}, index says {run.run_id!r}"
+            )
     orphans = [found[rel] for rel in sorted(set(found) - indexed)]
     if orphans:
         if repair:
             _index_orphans(run, orphans, report)
         else:
-            report.problems.append(f"{run_dir}: {len(orphans)} checkpoint file(s) not in the index: "
-                                   + ", ".join(o.file for o in orphans))
+            report.problems.append(
+                f"{run_dir}: {len(orphans)} checkpoint file(s) not in the index: " + ", ".join(o.file for o in orphans)
+            )
     return report
 
 
 def fsck_store(store: str | os.PathLike[str], *, repair: bool = False) -> list[FsckReport]:
     """Verify (and optionally repair) every run of ``store``."""
     return [fsck_run(p, repair=repair) for p in run_dirs(store)]
-

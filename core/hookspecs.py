@@ -6,9 +6,11 @@ a ``name`` attribute; two objects of one kind with the same name are an error
 naming both plugins. All hooks are called once per plugin when the host first
 builds its registries (historic calls are not used).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 import pluggy

@@ -4,10 +4,12 @@
 order. Measures read weights through this list, so they never guess the
 architecture from parameter names.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from normdyn.core.errors import StoreError
 
@@ -62,7 +64,7 @@ class LayerSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LayerSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> LayerSpec:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
         known = set(cls.__dataclass_fields__)
         extra = set(d) - known

@@ -10,6 +10,7 @@ Registries (measures, fitters, models, datasets, report sections) are built
 by calling each plugin's hook separately, so every registered object is known
 with the plugin that provided it, and duplicate names are reported with both.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,8 +26,19 @@ import pluggy
 from normdyn.core import hookspecs
 from normdyn.core.errors import PluginError, UnknownNameError
 
-__all__ = ["DEFAULT_PLUGINS", "KINDS", "pm", "get_plugin_manager", "load_plugins", "registry", "get", "names",
-           "plugin_summary", "register_plugin", "unregister_plugin"]
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "KINDS",
+    "pm",
+    "get_plugin_manager",
+    "load_plugins",
+    "registry",
+    "get",
+    "names",
+    "plugin_summary",
+    "register_plugin",
+    "unregister_plugin",
+]
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     # models
@@ -70,7 +82,7 @@ KINDS = ("measures", "fitters", "models", "datasets", "report_sections")
 pm = pluggy.PluginManager("normdyn")
 pm.add_hookspecs(hookspecs)
 _loaded = False
-_registries: dict[str, "Registry"] = {}
+_registries: dict[str, Registry] = {}
 
 
 def load_plugins() -> pluggy.PluginManager:
@@ -134,7 +146,9 @@ class Registry:
             return self.items[name]
         except KeyError:
             available = ", ".join(sorted(self.items)) or "none"
-            raise UnknownNameError(f"unknown {self.kind[:-1].replace('_', ' ')} {name!r}; available: {available}") from None
+            raise UnknownNameError(
+                f"unknown {self.kind[:-1].replace('_', ' ')} {name!r}; available: {available}"
+            ) from None
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

@@ -6,6 +6,7 @@ subsets are nested across P for one seed (the P=1000 set contains the P=500
 set), and the trainer and the analyzer (data-dependent measures) select the
 same samples without talking to each other.
 """
+
 from __future__ import annotations
 
 import torch

@@ -11,6 +11,7 @@ Grammar (terms joined by ``+``, the result is the sorted union):
 
 Example (Pythia style): ``log:10+linear:1000``.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,7 @@ def log_points(K: int, T: int) -> list[int]:
         raise ScheduleError(f"log:{K}: K must be >= 1")
     if K > T:
         raise ScheduleError(
-            f"log:{K} asks for {K} distinct points but the run has only {T} steps/epochs; "
-            f"use K <= {T} or a longer run"
+            f"log:{K} asks for {K} distinct points but the run has only {T} steps/epochs; use K <= {T} or a longer run"
         )
     points = [1] if K > 1 else [T]
     while len(points) < K:

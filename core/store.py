@@ -10,6 +10,7 @@ at any moment leaves the previous or the new index, never a torn one. Two
 processes that write measures into one run serialise on the lock and each
 sees the other's results.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,12 @@ import os
 import platform
 import re
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -34,8 +36,17 @@ from normdyn.core.checkpoint import CheckpointFile, write_checkpoint
 from normdyn.core.errors import StoreError
 
 __all__ = [
-    "FORMAT", "INDEX", "STATUSES", "CHECKPOINT_COLUMNS", "METRIC_COLUMNS",
-    "Run", "MeasureRecord", "list_runs", "scan_runs", "run_dirs", "checkpoint_filename",
+    "FORMAT",
+    "INDEX",
+    "STATUSES",
+    "CHECKPOINT_COLUMNS",
+    "METRIC_COLUMNS",
+    "Run",
+    "MeasureRecord",
+    "list_runs",
+    "scan_runs",
+    "run_dirs",
+    "checkpoint_filename",
 ]
 
 FORMAT = "normdyn-run/1"
@@ -89,7 +100,9 @@ class MeasureRecord:
     errors: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls, n: int, *, plugin: str = "", version: str = "", params: Mapping[str, Any] | None = None) -> "MeasureRecord":
+    def empty(
+        cls, n: int, *, plugin: str = "", version: str = "", params: Mapping[str, Any] | None = None
+    ) -> MeasureRecord:
         """A record of ``n`` rows, nothing computed."""
         return cls(np.full(n, np.nan), plugin, version, dict(params or {}), [""] * n, {})
 
@@ -108,7 +121,10 @@ class Run:
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such run directory")
         if not self.index.is_file():
-            raise StoreError(f"{self.path}: not a normdyn run (no {INDEX}); run `normdyn store fsck --repair` on its store if checkpoints exist")
+            raise StoreError(
+                f"{self.path}: not a normdyn run (no {INDEX}); "
+                "run `normdyn store fsck --repair` on its store if checkpoints exist"
+            )
         self._lock = FileLock(str(self.path / LOCK))
         attrs = self.attrs  # validates the index once
         if attrs.get("format") != FORMAT:
@@ -127,7 +143,7 @@ class Run:
         P: int,
         seed: int,
         exist_ok: bool = False,
-    ) -> "Run":
+    ) -> Run:
         """Create run ``run_id`` in ``store`` (status ``running``) and return it.
 
         With ``exist_ok`` an existing run of that id is opened instead; without
@@ -275,8 +291,13 @@ class Run:
             attrs = self._decoded_attrs(f)
         if last is not None and int(step) <= last:
             raise StoreError(f"{self.path}: step {step} is not after the last checkpoint (step {last})")
-        row = {"step": int(step), "epoch": float(epoch), "samples_seen": int(samples_seen),
-               "wall_time": time.time(), "file": checkpoint_filename(step)}
+        row = {
+            "step": int(step),
+            "epoch": float(epoch),
+            "samples_seen": int(samples_seen),
+            "wall_time": time.time(),
+            "file": checkpoint_filename(step),
+        }
         row.update({k: float("nan") for k in METRIC_COLUMNS})
         row.update({k: float(v) for k, v in (metrics or {}).items()})
         meta = {
@@ -309,8 +330,9 @@ class Run:
     def save_resume(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
         """Atomically store the resume state (tensors plus a JSON-able dict)."""
         (self.path / "resume").mkdir(exist_ok=True)
-        write_checkpoint(self.path / "resume" / "latest.safetensors", tensors,
-                         {"format": FORMAT, "resume": json.dumps(meta)})
+        write_checkpoint(
+            self.path / "resume" / "latest.safetensors", tensors, {"format": FORMAT, "resume": json.dumps(meta)}
+        )
 
     def load_resume(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The resume state saved last, or None if there is none."""

@@ -10,10 +10,12 @@ and checks them against the layer list before any measure sees them.
 Models and datasets are reached through the plugin host only
 (``plugins.get("models", spec["name"])``); core knows no plugin by name.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -55,11 +57,22 @@ def infer_layers(file: CheckpointFile) -> list[LayerSpec]:
         has_bias = bias in file and file.shape(bias) == [shape[0]]
         name = prefix.rstrip(".") or key
         if len(shape) == 2:
-            layers.append(LayerSpec(name=name, kind="linear", weight=key, bias=bias if has_bias else None,
-                                    in_channels=shape[1]))
+            layers.append(
+                LayerSpec(name=name, kind="linear", weight=key, bias=bias if has_bias else None, in_channels=shape[1])
+            )
         else:
-            layers.append(LayerSpec(name=name, kind="conv2d", weight=key, bias=bias if has_bias else None,
-                                    in_channels=shape[1], stride=(1, 1), padding=(0, 0), dilation=(1, 1)))
+            layers.append(
+                LayerSpec(
+                    name=name,
+                    kind="conv2d",
+                    weight=key,
+                    bias=bias if has_bias else None,
+                    in_channels=shape[1],
+                    stride=(1, 1),
+                    padding=(0, 0),
+                    dilation=(1, 1),
+                )
+            )
     return layers
 
 
@@ -81,18 +94,24 @@ class RunContext:
     initial: Callable[[], dict[str, torch.Tensor]] | None = None
     warnings: list[str] = field(default_factory=list)
     _layers: list[LayerSpec] | None = None
-    _module: "nn.Module | None" = None
+    _module: nn.Module | None = None
     _param_names: list[str] | None = None
     _data: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _initial: dict[str, torch.Tensor] | None = None
 
     @classmethod
-    def for_run(cls, run: "Run", *, device: str = "cpu", data_root: str | None = None) -> "RunContext":
+    def for_run(cls, run: Run, *, device: str = "cpu", data_root: str | None = None) -> RunContext:
         """The context of ``run`` (its first checkpoint is the initial point)."""
         attrs = run.attrs
-        return cls(model_spec=attrs.get("model_spec") or {}, dataset=attrs.get("dataset") or {},
-                   P=int(attrs.get("P", 0)), seed=int(attrs.get("seed", 0)), device=device,
-                   data_root=data_root, initial=lambda: run.load_state_dict(0))
+        return cls(
+            model_spec=attrs.get("model_spec") or {},
+            dataset=attrs.get("dataset") or {},
+            P=int(attrs.get("P", 0)),
+            seed=int(attrs.get("seed", 0)),
+            device=device,
+            data_root=data_root,
+            initial=lambda: run.load_state_dict(0),
+        )
 
     def layers(self, file: CheckpointFile | None = None) -> list[LayerSpec]:
         """The ordered layer list (inferred from ``file`` when the spec has none)."""
@@ -104,21 +123,26 @@ class RunContext:
                 self._layers = infer_layers(file)
                 self.warnings.append(
                     f"{file.path}: no model spec; layers inferred from parameter order in the file "
-                    f"({len(self._layers)} layers: 2-D = linear, 4-D = conv2d without geometry)")
+                    f"({len(self._layers)} layers: 2-D = linear, 4-D = conv2d without geometry)"
+                )
             else:
-                raise StoreError("no layer list: the run has no model_spec['layers'] and no checkpoint to infer it from")
+                raise StoreError(
+                    "no layer list: the run has no model_spec['layers'] and no checkpoint to infer it from"
+                )
         return self._layers
 
     def has_spec(self) -> bool:
         """True when the run's model spec names a model family (the module can be rebuilt)."""
         return bool(self.model_spec.get("name"))
 
-    def module(self) -> "nn.Module":
+    def module(self) -> nn.Module:
         """The rebuilt module (built once per run, weights loaded per checkpoint)."""
         if self._module is None:
             if not self.has_spec():
-                raise MeasureError("this measure needs the model, but the run has no model_spec with a "
-                                   "'name' (import it with --model SPEC)")
+                raise MeasureError(
+                    "this measure needs the model, but the run has no model_spec with a "
+                    "'name' (import it with --model SPEC)"
+                )
             family = plugins.get("models", str(self.model_spec["name"]))
             self._module = family.build(self.model_spec).to(self.device).eval()
         return self._module
@@ -130,8 +154,9 @@ class RunContext:
                 names = {n for n, _ in self._module.named_parameters()}
                 self._param_names = [k for k in tensors if k in names]
             else:
-                self._param_names = [k for k in tensors if not k.endswith(BUFFER_SUFFIXES)
-                                     and tensors[k].is_floating_point()]
+                self._param_names = [
+                    k for k in tensors if not k.endswith(BUFFER_SUFFIXES) and tensors[k].is_floating_point()
+                ]
         return self._param_names
 
     def data(self, split: str = "train", n: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,8 +201,14 @@ class CheckpointView:
     results (e.g. per-layer spectral norms used by several measures).
     """
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], context: RunContext, *,
-                 file: CheckpointFile | None = None, label: str = "checkpoint"):
+    def __init__(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        context: RunContext,
+        *,
+        file: CheckpointFile | None = None,
+        label: str = "checkpoint",
+    ):
         self.context = context
         self.label = label
         self.layers: list[LayerSpec] = context.layers(file)
@@ -187,7 +218,7 @@ class CheckpointView:
         self._check()
 
     @classmethod
-    def open(cls, path: Any, context: RunContext) -> "CheckpointView":
+    def open(cls, path: Any, context: RunContext) -> CheckpointView:
         """Read the safetensors file at ``path`` (one read) and check it against the layers."""
         file = CheckpointFile(path)
         return cls(file.load_all(), context, file=file, label=str(file.path))
@@ -201,33 +232,45 @@ class CheckpointView:
             w = self._tensor(layer.weight)
             ndim = _WEIGHT_NDIM[layer.kind]
             if w.dim() != ndim:
-                raise StoreError(f"{self.label}: layer {layer.name!r} ({layer.kind}) expects a {ndim}-D weight "
-                                 f"{layer.weight!r}, found shape {list(w.shape)}; the checkpoint does not match "
-                                 f"its model spec")
+                raise StoreError(
+                    f"{self.label}: layer {layer.name!r} ({layer.kind}) expects a {ndim}-D weight "
+                    f"{layer.weight!r}, found shape {list(w.shape)}; the checkpoint does not match "
+                    f"its model spec"
+                )
             if layer.rows is not None and not 0 <= layer.rows[0] < layer.rows[1] <= w.shape[0]:
-                raise StoreError(f"{self.label}: layer {layer.name!r} rows {list(layer.rows)} outside weight "
-                                 f"{layer.weight!r} of shape {list(w.shape)}")
+                raise StoreError(
+                    f"{self.label}: layer {layer.name!r} rows {list(layer.rows)} outside weight "
+                    f"{layer.weight!r} of shape {list(w.shape)}"
+                )
             if layer.in_channels is not None and ndim > 2 and w.shape[1] * layer.groups != layer.in_channels:
-                raise StoreError(f"{self.label}: layer {layer.name!r} has {layer.in_channels} input channels in "
-                                 f"the spec but weight {layer.weight!r} has shape {list(w.shape)}")
+                raise StoreError(
+                    f"{self.label}: layer {layer.name!r} has {layer.in_channels} input channels in "
+                    f"the spec but weight {layer.weight!r} has shape {list(w.shape)}"
+                )
             if layer.in_channels is not None and ndim == 2 and w.shape[1] != layer.in_channels:
-                raise StoreError(f"{self.label}: layer {layer.name!r} has {layer.in_channels} input features in "
-                                 f"the spec but weight {layer.weight!r} has shape {list(w.shape)}")
+                raise StoreError(
+                    f"{self.label}: layer {layer.name!r} has {layer.in_channels} input features in "
+                    f"the spec but weight {layer.weight!r} has shape {list(w.shape)}"
+                )
             if layer.bias is not None:
                 b = self._tensor(layer.bias)
                 if list(b.shape) != [w.shape[0]]:
-                    raise StoreError(f"{self.label}: bias {layer.bias!r} has shape {list(b.shape)}, "
-                                     f"weight {layer.weight!r} has {w.shape[0]} outputs")
+                    raise StoreError(
+                        f"{self.label}: bias {layer.bias!r} has shape {list(b.shape)}, "
+                        f"weight {layer.weight!r} has {w.shape[0]} outputs"
+                    )
 
     def _tensor(self, key: str) -> torch.Tensor:
         try:
             return self.tensors[key]
         except KeyError:
-            raise StoreError(f"{self.label}: tensor {key!r} named by the model spec is missing "
-                             f"(has: {', '.join(list(self.tensors)[:12])})") from None
+            raise StoreError(
+                f"{self.label}: tensor {key!r} named by the model spec is missing "
+                f"(has: {', '.join(list(self.tensors)[:12])})"
+            ) from None
 
     def _rows(self, layer: LayerSpec, t: torch.Tensor) -> torch.Tensor:
-        return t if layer.rows is None else t[layer.rows[0]:layer.rows[1]]
+        return t if layer.rows is None else t[layer.rows[0] : layer.rows[1]]
 
     def weight(self, layer: LayerSpec) -> torch.Tensor:
         """The layer's weight as stored (conv kernels 3-D/4-D), rows split for Q/K/V."""
@@ -266,7 +309,7 @@ class CheckpointView:
         """All parameters (buffers such as BatchNorm statistics excluded), in checkpoint order."""
         return {k: self.tensors[k] for k in self.context.parameter_names(self.tensors)}
 
-    def module(self) -> "nn.Module":
+    def module(self) -> nn.Module:
         """The run's module with this checkpoint's weights loaded (eval mode)."""
         model = self.context.module()
         if not self._module_loaded:

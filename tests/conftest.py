@@ -1,6 +1,7 @@
 """Test configuration: locally installed third-party plugins never leak in
 (normdyn.core.plugins skips entry points while sys._called_from_test is set,
 unless NORMDYN_LOAD_PLUGINS names them)."""
+
 from __future__ import annotations
 
 import sys

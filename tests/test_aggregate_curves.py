@@ -1,4 +1,5 @@
 """Seed aggregation and reading curves out of a store."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,17 @@ from normdyn.core.errors import DataError, FitError
 from normdyn.core.store import MeasureRecord, Run
 
 
-def make_run(store, run_id: str, *, P: int, seed: int, lam: list[float], err: list[float],
-             config: dict | None = None, measure: str | None = "spec") -> Run:
+def make_run(
+    store,
+    run_id: str,
+    *,
+    P: int,
+    seed: int,
+    lam: list[float],
+    err: list[float],
+    config: dict | None = None,
+    measure: str | None = "spec",
+) -> Run:
     """A run with one tiny checkpoint per (lam, err) pair and ``measure`` = lam stored."""
     cfg = {"lr": 0.001, "model": "mlp", "P": P, "seed": seed, **(config or {})}
     run = Run.create(store, run_id, config=cfg, model_spec={"name": "mlp"}, dataset={"name": "toy"}, P=P, seed=seed)
@@ -33,8 +43,12 @@ def test_interpolation_mean_counts_and_lambda_star_match_numpy() -> None:
     grid = (0.0, 3.0, 7)
     g = aggregate(curves, grid)
     x = np.linspace(0.0, 3.0, 7)
-    rows = np.array([np.interp(x, np.log10(lam_a), err_a, left=np.nan, right=np.nan),
-                     np.interp(x, np.log10(lam_b), err_b, left=np.nan, right=np.nan)])
+    rows = np.array(
+        [
+            np.interp(x, np.log10(lam_a), err_a, left=np.nan, right=np.nan),
+            np.interp(x, np.log10(lam_b), err_b, left=np.nan, right=np.nan),
+        ]
+    )
     mean = g.mean()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -48,8 +62,10 @@ def test_interpolation_mean_counts_and_lambda_star_match_numpy() -> None:
 
 
 def test_automatic_grid_spans_all_curves() -> None:
-    curves = [SeedCurve(10, 0, np.array([-1.0, 0.5]), np.array([0.3, 0.2])),
-              SeedCurve(20, 0, np.array([0.0, 2.0]), np.array([0.3, 0.1]))]
+    curves = [
+        SeedCurve(10, 0, np.array([-1.0, 0.5]), np.array([0.3, 0.2])),
+        SeedCurve(20, 0, np.array([0.0, 2.0]), np.array([0.3, 0.1])),
+    ]
     g = aggregate(curves)
     assert (g.log10_grid[0], g.log10_grid[-1], g.log10_grid.size) == (-1.0, 2.0, DEFAULT_GRID_POINTS)
     assert g.P.tolist() == [10, 20]
@@ -87,8 +103,11 @@ def test_several_experiments_need_where(tmp_path) -> None:
     store = tmp_path / "store"
     make_run(store, "a", P=100, seed=0, lam=[1.0, 2.0], err=[0.5, 0.4])
     make_run(store, "b", P=100, seed=0, lam=[1.0, 2.0], err=[0.5, 0.4], config={"lr": 0.01})
-    with pytest.raises(FitError, match=r"2 experiments \(configs differ in lr\); select one with --where KEY=VALUE, "
-                                       r"e\.g\. lr=0\.001$"):
+    with pytest.raises(
+        FitError,
+        match=r"2 experiments \(configs differ in lr\); select one with --where KEY=VALUE, "
+        r"e\.g\. lr=0\.001$",
+    ):
         store_curves(store, "spec")
     group, _ = store_curves(store, "spec", where={"lr": "0.01"})
     assert group.config["lr"] == 0.01 and len(group.curves) == 1
@@ -100,5 +119,7 @@ def test_empty_store_and_missing_measure_are_errors(tmp_path) -> None:
         store_curves(tmp_path / "empty", "spec")
     store = tmp_path / "store"
     make_run(store, "a", P=100, seed=0, lam=[1.0, 2.0], err=[0.5, 0.4], measure=None)
-    with pytest.raises(FitError, match=r"store: no run has usable 'frob' curves; skipped: .*measure 'frob' not computed"):
+    with pytest.raises(
+        FitError, match=r"store: no run has usable 'frob' curves; skipped: .*measure 'frob' not computed"
+    ):
         store_curves(store, "frob")

@@ -1,4 +1,5 @@
 """`normdyn analyze`: stored results, incremental skips (counted), per-item failures."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,14 +14,19 @@ from normdyn.core.cli import cli
 from normdyn.core.layers import LayerSpec
 from normdyn.core.store import Run
 
-LAYERS = [LayerSpec(name="l0", kind="linear", weight="l0.weight", bias="l0.bias", in_channels=5).to_dict(),
-          LayerSpec(name="l1", kind="linear", weight="l1.weight", in_channels=4).to_dict()]
+LAYERS = [
+    LayerSpec(name="l0", kind="linear", weight="l0.weight", bias="l0.bias", in_channels=5).to_dict(),
+    LayerSpec(name="l1", kind="linear", weight="l1.weight", in_channels=4).to_dict(),
+]
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"l0.weight": torch.randn(4, 5, generator=g), "l0.bias": torch.randn(4, generator=g),
-            "l1.weight": torch.randn(3, 4, generator=g)}
+    return {
+        "l0.weight": torch.randn(4, 5, generator=g),
+        "l0.bias": torch.randn(4, generator=g),
+        "l1.weight": torch.randn(3, 4, generator=g),
+    }
 
 
 def _make_run(store: Path, run_id: str, steps: list[int], seed: int = 0) -> Run:
@@ -66,8 +72,16 @@ def test_new_params_or_version_recompute(tmp_path: Path) -> None:
 
 
 def test_dict_measure_stores_one_record_per_key_and_is_incremental(tmp_path: Path) -> None:
-    conv = LayerSpec(name="c", kind="conv2d", weight="c.weight", in_channels=1, in_shape=(4, 4), stride=(1, 1),
-                     padding=(1, 1), dilation=(1, 1)).to_dict()
+    conv = LayerSpec(
+        name="c",
+        kind="conv2d",
+        weight="c.weight",
+        in_channels=1,
+        in_shape=(4, 4),
+        stride=(1, 1),
+        padding=(1, 1),
+        dilation=(1, 1),
+    ).to_dict()
     run = Run.create(tmp_path, "conv", config={}, model_spec={"layers": [conv]}, dataset={}, P=1, seed=0)
     for step in (0, 1):
         run.append_checkpoint({"c.weight": torch.randn(2, 1, 3, 3)}, step=step, epoch=0.0)
@@ -90,11 +104,16 @@ def test_failures_are_recorded_per_item_and_the_batch_goes_on(tmp_path: Path) ->
     assert result.exit_code == 1
     lines = result.output.splitlines()
     assert lines[-1] == "2 run(s): 5 computed, 0 skipped, 3 failed"
-    errors = [l for l in lines if l.startswith("error: ")]
-    assert errors[0] == (f"error: bad step 1 spectral_complexity: {bad.path / 'ckpt/step-0000000001.safetensors'}: "
-                         f"checkpoint file does not exist")
+    errors = [lay for lay in lines if lay.startswith("error: ")]
+    assert errors[0] == (
+        f"error: bad step 1 spectral_complexity: {bad.path / 'ckpt/step-0000000001.safetensors'}: "
+        f"checkpoint file does not exist"
+    )
     assert "bad step 4 spectral_complexity:" in errors[1] and "tensor(s) l1.weight hold NaN or inf values" in errors[1]
-    assert "bad step 5 spectral_complexity:" in errors[2] and "expects a 2-D weight 'l1.weight', found shape [3, 4, 2]" in errors[2]
+    assert (
+        "bad step 5 spectral_complexity:" in errors[2]
+        and "expects a 2-D weight 'l1.weight', found shape [3, 4, 2]" in errors[2]
+    )
     rec = bad.read_measure("spectral_complexity")
     assert sorted(rec.errors) == [1, 4, 5] and np.isnan(rec.values[[1, 4, 5]]).all()
     assert np.isfinite(rec.values[[0, 2, 3]]).all()

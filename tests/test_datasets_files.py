@@ -1,6 +1,7 @@
 """Datasets from files in their true on-disk formats: MNIST IDX files,
 CIFAR python batches (only the md5 check is patched), MNIST-1D generated
 and cached; absent or hostile files give clear errors."""
+
 from __future__ import annotations
 
 import os
@@ -29,10 +30,12 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 def _mnist_files(root: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (64, 28, 28)),
-              "train-labels-idx1-ubyte": rng.integers(0, 10, 64),
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (16, 28, 28)),
-              "t10k-labels-idx1-ubyte": rng.integers(0, 10, 16)}
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (64, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, 64),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (16, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, 16),
+    }
     for name, array in arrays.items():
         _write_idx(root / "MNIST" / "raw" / name, array)
     return arrays
@@ -54,20 +57,33 @@ def _cifar_files(base: Path, files: list[str], label_key: str, classes: int) -> 
     rng = np.random.default_rng(1)
     batches = {}
     for name in files:
-        batch = {"data": rng.integers(0, 256, (5, 3072)).astype(np.uint8),
-                 label_key: rng.integers(0, classes, 5).tolist()}
+        batch = {
+            "data": rng.integers(0, 256, (5, 3072)).astype(np.uint8),
+            label_key: rng.integers(0, classes, 5).tolist(),
+        }
         with open(base / name, "wb") as fh:
             pickle.dump(batch, fh, protocol=2)  # the official files are protocol-2 pickles
         batches[name] = batch
     return batches
 
 
-@pytest.mark.parametrize(("name", "folder", "train", "test", "label_key", "classes"), [
-    ("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
-    ("cifar100", "cifar-100-python", ["train"], ["test"], "fine_labels", 100),
-])
-def test_cifar_loads_python_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, folder: str,
-                                    train: list[str], test: list[str], label_key: str, classes: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "folder", "train", "test", "label_key", "classes"),
+    [
+        ("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
+        ("cifar100", "cifar-100-python", ["train"], ["test"], "fine_labels", 100),
+    ],
+)
+def test_cifar_loads_python_batches(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    folder: str,
+    train: list[str],
+    test: list[str],
+    label_key: str,
+    classes: int,
+) -> None:
     import torchvision.datasets.utils as tv_utils
 
     batches = _cifar_files(tmp_path / folder, train + test, label_key, classes)
@@ -82,8 +98,9 @@ def test_cifar_loads_python_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_cifar_md5_mismatch_is_reported(tmp_path: Path) -> None:
-    _cifar_files(tmp_path / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
-                 "labels", 10)
+    _cifar_files(
+        tmp_path / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels", 10
+    )
     with pytest.raises(DataError, match="data_batch_1 is corrupted \\(md5 mismatch\\).*--download"):
         plugins.get("datasets", "cifar10").load(root=str(tmp_path))
 
@@ -104,8 +121,9 @@ def test_cifar_batch_naming_other_code_is_refused(tmp_path: Path, monkeypatch: p
         plugins.get("datasets", "cifar10").load(root=str(tmp_path))
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
+@pytest.mark.parametrize(
+    ("name", "expected"), [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")]
+)
 def test_missing_dataset_names_the_path_and_download(tmp_path: Path, name: str, expected: str) -> None:
     with pytest.raises(DataError) as info:
         plugins.get("datasets", name).load(root=str(tmp_path))
@@ -115,11 +133,29 @@ def test_missing_dataset_names_the_path_and_download(tmp_path: Path, name: str, 
 
 def test_cli_missing_dataset_fails_before_creating_a_run(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    result = CliRunner().invoke(cli, ["train", "--model", "cnn", "--dataset", "mnist", "--P", "10", "--epochs", "2",
-                                      "--schedule", "log:2", "--store", str(store), "--data-root",
-                                      str(tmp_path / "data"), "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--model",
+            "cnn",
+            "--dataset",
+            "mnist",
+            "--P",
+            "10",
+            "--epochs",
+            "2",
+            "--schedule",
+            "log:2",
+            "--store",
+            str(store),
+            "--data-root",
+            str(tmp_path / "data"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 1
-    assert result.output.startswith(f"Error: dataset 'mnist' not found: expected the IDX files ")
+    assert result.output.startswith("Error: dataset 'mnist' not found: expected the IDX files ")
     assert f"in {tmp_path / 'data' / 'MNIST' / 'raw'}; put them there or pass --download" in result.output
     assert not store.exists()
 

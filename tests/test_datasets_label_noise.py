@@ -1,6 +1,7 @@
 """Generic training-label noise (normdyn.core.datasets): the exact fraction of
 wrong labels, uniform over the other classes, clean test labels, independent
 of the run's P-subset, and the same labels on the trainer and analyzer side."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,12 +65,15 @@ def test_load_dataset_corrupts_training_labels_only_and_records_it() -> None:
     assert noisy.spec["label_noise"] == 0.25 and noisy.spec["label_noise_seed"] == 2
 
 
-@pytest.mark.parametrize("params, expected", [
-    ({"label_noise": 1.0}, "label_noise=1.0: must be a fraction in [0, 1)"),
-    ({"label_noise": -0.1}, "label_noise=-0.1: must be a fraction in [0, 1)"),
-    ({"label_noise": "lots"}, "dataset 'teacher': label_noise='lots' must be a number in [0, 1)"),
-    ({"label_noise": 0.1, "label_noise_seed": -1}, "dataset 'teacher': label_noise_seed=-1 must be a non-negative"),
-])
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"label_noise": 1.0}, "label_noise=1.0: must be a fraction in [0, 1)"),
+        ({"label_noise": -0.1}, "label_noise=-0.1: must be a fraction in [0, 1)"),
+        ({"label_noise": "lots"}, "dataset 'teacher': label_noise='lots' must be a number in [0, 1)"),
+        ({"label_noise": 0.1, "label_noise_seed": -1}, "dataset 'teacher': label_noise_seed=-1 must be a non-negative"),
+    ],
+)
 def test_bad_label_noise_values_are_named(params: dict, expected: str) -> None:
     with pytest.raises(DataError) as err:
         load_dataset("teacher", params={**TEACHER, **params})
@@ -77,9 +81,19 @@ def test_bad_label_noise_values_are_named(params: dict, expected: str) -> None:
 
 
 def test_trainer_and_analyzer_see_the_same_noisy_labels(tmp_path: Path) -> None:
-    config = TrainConfig(model="mlp", dataset="teacher", P=120, seed=1, steps=3, schedule="log:2",
-                         model_params={"widths": [4]}, dataset_params={**TEACHER, "label_noise": 0.2},
-                         store=str(tmp_path), data_root=None, device="cpu").validate()
+    config = TrainConfig(
+        model="mlp",
+        dataset="teacher",
+        P=120,
+        seed=1,
+        steps=3,
+        schedule="log:2",
+        model_params={"widths": [4]},
+        dataset_params={**TEACHER, "label_noise": 0.2},
+        store=str(tmp_path),
+        data_root=None,
+        device="cpu",
+    ).validate()
     run = train(config, progress=False)
     trained = load_data(config)
     idx = subset_indices(TEACHER["n_train"], 120, 1)

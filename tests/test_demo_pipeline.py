@@ -1,4 +1,5 @@
 """normdyn demo: the whole loop (train, analyse, fit, report) on a tiny plan, through the same run_demo."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,16 @@ from normdyn.core.store import list_runs
 def tiny_plan(seed: int = 0) -> DemoPlan:
     """The demo's plan shrunk to seconds: 3 P x 2 seeds of a 4-channel CNN1d, 3 x 1 perceptrons."""
     plan = demo_plan(quick=True, seed=seed)
-    train = {**plan.train, "model_params": {"channels": [4, 4]}, "steps": 60, "schedule": "log:8",
-             "dataset_params": {**plan.train["dataset_params"], "num_samples": 1000}}
-    perceptron = replace(plan.perceptron, N=40, alphas=(1.0, 2.0, 4.0), seeds=(seed,), steps=200,
-                         schedule=perceptron_schedule(12, 200))
+    train = {
+        **plan.train,
+        "model_params": {"channels": [4, 4]},
+        "steps": 60,
+        "schedule": "log:8",
+        "dataset_params": {**plan.train["dataset_params"], "num_samples": 1000},
+    }
+    perceptron = replace(
+        plan.perceptron, N=40, alphas=(1.0, 2.0, 4.0), seeds=(seed,), steps=200, schedule=perceptron_schedule(12, 200)
+    )
     return replace(plan, P=(100, 200, 400), seeds=(seed, seed + 1), train=train, perceptron=perceptron)
 
 
@@ -45,7 +52,9 @@ def test_demo_writes_stores_and_report(demo: dict) -> None:
     assert result.report.index == out / "report" / "index.html"
     assert result.report.index.is_file()
     assert [(Path(t.store).name, t.measure) for t in result.report.targets] == [
-        ("mnist1d", "spectral_complexity"), ("perceptron", "perceptron_lambda")]
+        ("mnist1d", "spectral_complexity"),
+        ("perceptron", "perceptron_lambda"),
+    ]
     assert set(result.exponents) == {"mnist1d/spectral_complexity", "perceptron/perceptron_lambda"}
     assert set(result.seconds) == {"train_mnist1d", "analyze_mnist1d", "perceptron", "report", "total"}
     assert demo["lines"][0] == "training 6 MNIST-1D runs (P = 100, 200, 400; 2 seeds) ..."
@@ -78,8 +87,9 @@ def test_demo_refuses_a_non_empty_out(tmp_path: Path) -> None:
     (tmp_path / "old.txt").write_text("keep me")
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path), "--quick"])
     assert result.exit_code == 1
-    assert result.output == (f"Error: --out {tmp_path}: not empty; the demo writes into a new directory "
-                             "(delete it or choose another)\n")
+    assert result.output == (
+        f"Error: --out {tmp_path}: not empty; the demo writes into a new directory (delete it or choose another)\n"
+    )
     assert (tmp_path / "old.txt").read_text() == "keep me"
 
 

@@ -3,24 +3,25 @@ same stored runs as the local executor (for a toy task, and for `normdyn
 sweep` followed by `normdyn analyze`), a killed worker's task rerun and resumed without lost or duplicated
 checkpoint rows, retries of a task that raised, and a local Dask cluster
 started by map_tasks itself."""
+
 from __future__ import annotations
 
 import operator
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cloudpickle
 import dask
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from distributed import LocalCluster
 from distributed.utils import get_mp_context
-
-from click.testing import CliRunner
 
 from normdyn.core.cli import cli
 from normdyn.core.executor import map_tasks
@@ -45,17 +46,36 @@ def write_run(task: tuple[str, str, int, str | None]) -> str:
     worker process after KILL_AFTER checkpoints, as a preempted job would die.
     """
     store, run_id, seed, marker = task
-    run = Run.create(store, run_id, config={"seed": seed}, model_spec={"name": "toy"}, dataset={"name": "toy"},
-                     P=8 * (seed + 1), seed=seed, exist_ok=True)
+    run = Run.create(
+        store,
+        run_id,
+        config={"seed": seed},
+        model_spec={"name": "toy"},
+        dataset={"name": "toy"},
+        P=8 * (seed + 1),
+        seed=seed,
+        exist_ok=True,
+    )
     for row in range(len(run), N_CKPT):
-        run.append_checkpoint(_weights(seed, row), step=STEPS[row], epoch=float(row), samples_seen=8 * STEPS[row],
-                              metrics={"train_error": 0.5 / (row + 1), "train_loss": 0.5 ** row,
-                                       "test_error": 1.0 / (row + 1 + seed), "test_loss": 2.0 ** -row})
+        run.append_checkpoint(
+            _weights(seed, row),
+            step=STEPS[row],
+            epoch=float(row),
+            samples_seen=8 * STEPS[row],
+            metrics={
+                "train_error": 0.5 / (row + 1),
+                "train_loss": 0.5**row,
+                "test_error": 1.0 / (row + 1 + seed),
+                "test_loss": 2.0**-row,
+            },
+        )
         if marker is not None and row + 1 == KILL_AFTER and not Path(marker).exists():
             Path(marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)
     sha = list(run.checkpoints()["sha256"])
-    values = np.array([float(torch.linalg.vector_norm(run.load_state_dict(i)["layer.weight"])) for i in range(len(run))])
+    values = np.array(
+        [float(torch.linalg.vector_norm(run.load_state_dict(i)["layer.weight"])) for i in range(len(run))]
+    )
     run.write_measure("frob", MeasureRecord(values=values, plugin="toy", version="1", sha256=sha))
     run.set_status("complete")
     return run_id
@@ -78,9 +98,17 @@ def worker_processes() -> Iterator[None]:
     cloudpickle.register_pickle_by_value(module)
     try:
         with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-            get_mp_context().set_forkserver_preload(["distributed", "torch", "h5py", "normdyn.core.store",
-                                                     "normdyn.trainer.sweep", "normdyn.analyzers.analyze",
-                                                     *DEFAULT_PLUGINS])
+            get_mp_context().set_forkserver_preload(
+                [
+                    "distributed",
+                    "torch",
+                    "h5py",
+                    "normdyn.core.store",
+                    "normdyn.trainer.sweep",
+                    "normdyn.analyzers.analyze",
+                    *DEFAULT_PLUGINS,
+                ]
+            )
             yield
     finally:
         cloudpickle.unregister_pickle_by_value(module)
@@ -88,16 +116,23 @@ def worker_processes() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def scheduler(worker_processes: None) -> Iterator[str]:
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         yield cluster.scheduler_address
 
 
 def _tasks(store: Path, marker_dir: Path | None = None) -> list[tuple[str, str, int, str | None]]:
     store.mkdir()
-    return [(str(store), f"run-{seed}", seed,
-             str(marker_dir / f"killed-{seed}") if marker_dir is not None and seed % 2 == 0 else None)
-            for seed in range(4)]
+    return [
+        (
+            str(store),
+            f"run-{seed}",
+            seed,
+            str(marker_dir / f"killed-{seed}") if marker_dir is not None and seed % 2 == 0 else None,
+        )
+        for seed in range(4)
+    ]
 
 
 def _stored(store: Path) -> dict[str, dict[str, Any]]:
@@ -212,6 +247,7 @@ def test_sweep_and_analyze_commands_on_dask_store_the_same_as_local(tmp_path: Pa
     dask = ["--executor", "dask", "--scheduler", scheduler]
     store = str(tmp_path / "dask")
     assert _invoke(["sweep", str(config), "--store", store, "-q", *dask]).endswith(
-        "4 runs: 0 trained, 0 resumed, 4 skipped, 0 failed\n")
+        "4 runs: 0 trained, 0 resumed, 4 skipped, 0 failed\n"
+    )
     assert _invoke(["analyze", store, "-q", *dask]) == "4 run(s): 0 computed, 20 skipped, 0 failed\n"
     assert _stored(tmp_path / "dask") == stored

@@ -1,6 +1,7 @@
 """Executor options without running tasks: SLURM and PBS job scripts (checked
 for the requested resources, and against dask-jobqueue's own cluster object),
 bad input failing before any task starts, and the shared click options."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,16 @@ def _free_port() -> int:
 
 def test_slurm_job_script_requests_the_resources() -> None:
     lines = job_script(cluster="slurm", account="proj42", **REQUEST).splitlines()
-    for line in ("#SBATCH -p gpu", "#SBATCH -A proj42", "#SBATCH -n 1", "#SBATCH --cpus-per-task=4",
-                 "#SBATCH --mem=16G", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:2", "export OMP_NUM_THREADS=1"):
+    for line in (
+        "#SBATCH -p gpu",
+        "#SBATCH -A proj42",
+        "#SBATCH -n 1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=16G",
+        "#SBATCH -t 02:00:00",
+        "#SBATCH --gres=gpu:2",
+        "export OMP_NUM_THREADS=1",
+    ):
         assert line in lines
     [worker] = [line for line in lines if "distributed.cli.dask_worker" in line]
     # four single-threaded worker processes of 16GiB / 4 each: one task per process
@@ -46,8 +55,12 @@ def test_slurm_job_script_requests_the_resources() -> None:
 
 def test_pbs_job_script_requests_the_resources() -> None:
     lines = job_script(cluster="pbs", **REQUEST).splitlines()
-    for line in ("#PBS -q gpu", "#PBS -l select=1:ncpus=4:mem=16GB:ngpus=2", "#PBS -l walltime=02:00:00",
-                 "export OMP_NUM_THREADS=1"):
+    for line in (
+        "#PBS -q gpu",
+        "#PBS -l select=1:ncpus=4:mem=16GB:ngpus=2",
+        "#PBS -l walltime=02:00:00",
+        "export OMP_NUM_THREADS=1",
+    ):
         assert line in lines
     assert "--nthreads 1 --memory-limit 4.00GiB --nworkers 4" in lines[-1]
 
@@ -59,15 +72,25 @@ def test_job_scripts_without_gpus_request_none() -> None:
     assert "ngpus" not in pbs and "#PBS -l select=1:ncpus=2:mem=8192MB" in pbs.splitlines()
 
 
-@pytest.mark.parametrize("kind, cls, gpu_kwargs", [
-    ("slurm", SLURMCluster, {"job_extra_directives": ["--gres=gpu:2"]}),
-    ("pbs", PBSCluster, {"resource_spec": "select=1:ncpus=4:mem=16GB:ngpus=2"}),
-])
+@pytest.mark.parametrize(
+    "kind, cls, gpu_kwargs",
+    [
+        ("slurm", SLURMCluster, {"job_extra_directives": ["--gres=gpu:2"]}),
+        ("pbs", PBSCluster, {"resource_spec": "select=1:ncpus=4:mem=16GB:ngpus=2"}),
+    ],
+)
 def test_preview_is_the_script_dask_jobqueue_submits(kind: str, cls: type, gpu_kwargs: dict[str, Any]) -> None:
     """The preview equals the cluster object's own job_script() (no job is submitted)."""
-    with cls(cores=4, processes=4, memory="16GiB", queue="gpu", walltime="02:00:00",
-             job_script_prologue=["export OMP_NUM_THREADS=1"], **gpu_kwargs,
-             scheduler_options={"host": "127.0.0.1", "dashboard_address": None}) as cluster:
+    with cls(
+        cores=4,
+        processes=4,
+        memory="16GiB",
+        queue="gpu",
+        walltime="02:00:00",
+        job_script_prologue=["export OMP_NUM_THREADS=1"],
+        **gpu_kwargs,
+        scheduler_options={"host": "127.0.0.1", "dashboard_address": None},
+    ) as cluster:
         expected = cluster.job_script()
         address = cluster.scheduler_address
     preview = job_script(cluster=kind, **REQUEST)
@@ -94,7 +117,9 @@ def test_unknown_cluster_kind_lists_the_supported_ones() -> None:
 
 def test_missing_dask_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # makes `import distributed` fail
-    with pytest.raises(ConfigError, match=r"needs Dask distributed, which is not installed: pip install normdyn\[dask\]"):
+    with pytest.raises(
+        ConfigError, match=r"needs Dask distributed, which is not installed: pip install normdyn\[dask\]"
+    ):
         map_tasks(never_called, [1], executor="dask")
 
 
@@ -104,24 +129,28 @@ def test_missing_dask_jobqueue_says_what_to_install(monkeypatch: pytest.MonkeyPa
         job_script(cluster="slurm", memory="1GiB")
 
 
-def test_cluster_without_the_batch_system_fails_before_starting(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cluster_without_the_batch_system_fails_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     with pytest.raises(ConfigError, match=r"--cluster slurm: `sbatch` is not on PATH"):
         map_tasks(never_called, [1], executor="dask", cluster="slurm", memory="1GiB")
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"scheduler": "tcp://h:1", "cluster": "slurm"}, "either --scheduler .* or --cluster .*, not both"),
-    ({"scheduler": "tcp://h:1", "jobs": 3}, "--jobs 3 has no effect with --scheduler"),
-    ({"walltime": "01:00:00", "gpus": 1}, r"--walltime, --gpus: batch-job options need --cluster slurm\|pbs"),
-    ({"cluster": "slurm", "memory": "1GiB", "walltime": "2h"}, r"--walltime '2h': use \[D-\]HH:MM:SS"),
-    ({"cluster": "pbs", "memory": "lots"}, "--memory 'lots': not a size"),
-    ({"cluster": "pbs", "memory": "1GiB", "gpus": -1}, "--gpus -1: must be >= 0"),
-    ({"cluster": "pbs", "memory": "1GiB", "cores": 0}, "--cores 0: must be >= 1"),
-    ({"retries": -1}, "--retries -1: must be >= 0"),
-    ({"nodes": 3}, "executor 'dask' has no option.s. nodes"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"scheduler": "tcp://h:1", "cluster": "slurm"}, "either --scheduler .* or --cluster .*, not both"),
+        ({"scheduler": "tcp://h:1", "jobs": 3}, "--jobs 3 has no effect with --scheduler"),
+        ({"walltime": "01:00:00", "gpus": 1}, r"--walltime, --gpus: batch-job options need --cluster slurm\|pbs"),
+        ({"cluster": "slurm", "memory": "1GiB", "walltime": "2h"}, r"--walltime '2h': use \[D-\]HH:MM:SS"),
+        ({"cluster": "pbs", "memory": "lots"}, "--memory 'lots': not a size"),
+        ({"cluster": "pbs", "memory": "1GiB", "gpus": -1}, "--gpus -1: must be >= 0"),
+        ({"cluster": "pbs", "memory": "1GiB", "cores": 0}, "--cores 0: must be >= 1"),
+        ({"retries": -1}, "--retries -1: must be >= 0"),
+        ({"nodes": 3}, "executor 'dask' has no option.s. nodes"),
+    ],
+)
 def test_bad_dask_options(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         map_tasks(never_called, [1], executor="dask", **options)
@@ -156,11 +185,16 @@ def test_cli_defaults_to_the_local_executor() -> None:
 
 
 def test_cli_passes_only_the_given_dask_options() -> None:
-    result = CliRunner().invoke(group, ["work", "--executor", "dask", "--scheduler", "tcp://10.0.0.5:8786",
-                                        "--retries", "0"])
+    result = CliRunner().invoke(
+        group, ["work", "--executor", "dask", "--scheduler", "tcp://10.0.0.5:8786", "--retries", "0"]
+    )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"executor": "dask", "jobs": 1, "scheduler": "tcp://10.0.0.5:8786",
-                                         "retries": 0}
+    assert json.loads(result.output) == {
+        "executor": "dask",
+        "jobs": 1,
+        "scheduler": "tcp://10.0.0.5:8786",
+        "retries": 0,
+    }
 
 
 def test_cli_rejects_dask_options_with_the_local_executor() -> None:
@@ -182,8 +216,24 @@ def test_cli_unknown_cluster_kind() -> None:
 
 
 def test_cli_job_script_prints_the_script_and_runs_nothing() -> None:
-    args = ["work", "--executor", "dask", "--cluster", "slurm", "--queue", "gpu", "--walltime", "02:00:00",
-            "--cores", "4", "--memory", "16GiB", "--gpus", "2", "--job-script"]
+    args = [
+        "work",
+        "--executor",
+        "dask",
+        "--cluster",
+        "slurm",
+        "--queue",
+        "gpu",
+        "--walltime",
+        "02:00:00",
+        "--cores",
+        "4",
+        "--memory",
+        "16GiB",
+        "--gpus",
+        "2",
+        "--job-script",
+    ]
     result = CliRunner().invoke(group, args)
     assert result.exit_code == 0, result.output
     assert result.output == job_script(cluster="slurm", **REQUEST)
@@ -197,9 +247,27 @@ def test_cli_job_script_needs_a_cluster() -> None:
 
 
 def test_normdyn_sweep_job_script_trains_nothing(tmp_path: Path) -> None:
-    args = ["sweep", str(tmp_path / "absent.toml"), "--store", str(tmp_path / "store"), "--executor", "dask",
-            "--cluster", "pbs", "--queue", "gpu", "--walltime", "02:00:00", "--cores", "4", "--memory", "16GiB",
-            "--gpus", "2", "--job-script"]
+    args = [
+        "sweep",
+        str(tmp_path / "absent.toml"),
+        "--store",
+        str(tmp_path / "store"),
+        "--executor",
+        "dask",
+        "--cluster",
+        "pbs",
+        "--queue",
+        "gpu",
+        "--walltime",
+        "02:00:00",
+        "--cores",
+        "4",
+        "--memory",
+        "16GiB",
+        "--gpus",
+        "2",
+        "--job-script",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert result.output == job_script(cluster="pbs", **REQUEST)

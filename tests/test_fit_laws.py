@@ -7,6 +7,7 @@ x = lambda/lambda_s, times log-normal noise per checkpoint. Below the minimum
 fixed multiple of lambda_s, so the truth is gamma1 = g1, gamma2 = g2 and
 gamma_meas = gamma_pred = g1 g2.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -25,9 +26,20 @@ PS = (200, 400, 800, 1600, 3200, 6400)
 WINDOW = (0.0031, 0.11)  # lambda/lambda*: well below the minimum, edges off the grid
 
 
-def synth_curves(rng: np.random.Generator, *, Ps: tuple[int, ...] = PS, n_seeds: int = 8, g1: float = G1,
-                 g2: float = G2, k2: float = 0.05, C: float = 0.05, noise: float = 0.02, lnoise: float = 0.1,
-                 n_ckpt: int = 80, log10_shift: float = 0.0) -> list[SeedCurve]:
+def synth_curves(
+    rng: np.random.Generator,
+    *,
+    Ps: tuple[int, ...] = PS,
+    n_seeds: int = 8,
+    g1: float = G1,
+    g2: float = G2,
+    k2: float = 0.05,
+    C: float = 0.05,
+    noise: float = 0.02,
+    lnoise: float = 0.1,
+    n_ckpt: int = 80,
+    log10_shift: float = 0.0,
+) -> list[SeedCurve]:
     """Per-seed curves of the model in the module docstring; lambda scaled by 10**log10_shift."""
     out = []
     span = np.linspace(-3.5, 1.0, n_ckpt)
@@ -36,7 +48,7 @@ def synth_curves(rng: np.random.Generator, *, Ps: tuple[int, ...] = PS, n_seeds:
             l10s = np.log10(k2) + g2 * np.log10(P) + lnoise * rng.standard_normal()
             l10 = l10s + span + rng.uniform(0.0, span[1] - span[0])  # random phase: checkpoints do not line up
             x = 10.0 ** (l10 - l10s)
-            eps = C * 10.0 ** (-g1 * l10) * (1.0 + x ** 3) * np.exp(noise * rng.standard_normal(n_ckpt))
+            eps = C * 10.0 ** (-g1 * l10) * (1.0 + x**3) * np.exp(noise * rng.standard_normal(n_ckpt))
             out.append(SeedCurve(P, s, l10 + log10_shift, eps, source=f"synthetic P={P} seed={s}"))
     return out
 
@@ -54,14 +66,14 @@ def test_fitters_are_registered_plugins() -> None:
 def test_power_law_matches_linregress_and_recovers_offset() -> None:
     rng = np.random.default_rng(0)
     x = np.logspace(0, 3, 25)
-    y = 3.0 * x ** -0.7 * np.exp(0.05 * rng.standard_normal(x.size))
+    y = 3.0 * x**-0.7 * np.exp(0.05 * rng.standard_normal(x.size))
     pl = plugins.get("fitters", "power_law")().fit(x, y)
     ref = linregress(np.log10(x), np.log10(y))
     assert pl.gamma_ == pytest.approx(-ref.slope, rel=1e-12)
     assert pl.gamma_err_ == pytest.approx(ref.stderr, rel=1e-12)
     assert pl.log10_k_err_ == pytest.approx(ref.intercept_stderr, rel=1e-12)
-    assert pl.k_ == pytest.approx(10 ** ref.intercept, rel=1e-12)
-    y_off = 3.0 * x ** -0.7 + 0.01
+    assert pl.k_ == pytest.approx(10**ref.intercept, rel=1e-12)
+    y_off = 3.0 * x**-0.7 + 0.01
     off = plugins.get("fitters", "power_law")(offset=True).fit(x, y_off)
     assert (off.gamma_, off.k_, off.offset_) == pytest.approx((0.7, 3.0, 0.01), rel=1e-6)
     assert off.predict(x) == pytest.approx(y_off, rel=1e-6)
@@ -71,8 +83,12 @@ def test_recovers_known_exponents_within_reported_uncertainty() -> None:
     curves = synth_curves(np.random.default_rng(11))
     res = fit_curves(curves, grid=fine_grid(curves), options=FitOptions(window=WINDOW), bootstrap=200)
     j = res.to_json()
-    for name, truth, err in (("gamma1", G1, "gamma1_err"), ("gamma2", G2, "gamma2_err"),
-                             ("gamma_meas", G1 * G2, "gamma_meas_err"), ("gamma_pred", G1 * G2, "sigma")):
+    for name, truth, err in (
+        ("gamma1", G1, "gamma1_err"),
+        ("gamma2", G2, "gamma2_err"),
+        ("gamma_meas", G1 * G2, "gamma_meas_err"),
+        ("gamma_pred", G1 * G2, "sigma"),
+    ):
         assert abs(j[name] - truth) < 3 * j[err], (name, j[name], j[err])
         lo, hi = j["ci"][name]
         assert lo < j[name] < hi
@@ -89,8 +105,9 @@ def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate() -> None
     draws = 20
     for i in range(draws):
         curves = synth_curves(rng, n_seeds=10)  # with ~5 seeds the percentile intervals run narrow (docs/fitting.md)
-        res = fit_curves(curves, grid=fine_grid(curves), options=FitOptions(window=WINDOW), bootstrap=100,
-                         bootstrap_seed=i)
+        res = fit_curves(
+            curves, grid=fine_grid(curves), options=FitOptions(window=WINDOW), bootstrap=100, bootstrap_seed=i
+        )
         j = res.to_json()
         for k, t in truth.items():
             lo, hi = j["ci"][k]
@@ -104,8 +121,9 @@ def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate() -> None
         assert 0.5 < np.mean(widths[k]) / spread < 2.0, (k, np.mean(widths[k]), spread)
 
 
-def reference_pipeline(curves: list[SeedCurve], grid: tuple[float, float, int], x_left: float, x_right: float,
-                       min_P_index: int) -> dict[str, float]:
+def reference_pipeline(
+    curves: list[SeedCurve], grid: tuple[float, float, int], x_left: float, x_right: float, min_P_index: int
+) -> dict[str, float]:
     """The reference notebook's steps, written out independently (linear lambda, np.polyfit, nanmean)."""
     log_x_grid = np.logspace(grid[0], grid[1], grid[2])
     P_arr = sorted({c.P for c in curves})
@@ -114,9 +132,9 @@ def reference_pipeline(curves: list[SeedCurve], grid: tuple[float, float, int], 
         mine = [c for c in curves if c.P == P]
         interp, w_z = [], 0.0
         for c in mine:
-            lam, err = 10.0 ** c.log10_lambda, c.test_error
+            lam, err = 10.0**c.log10_lambda, c.test_error
             interp.append(np.interp(np.log10(log_x_grid), np.log10(lam), err, left=np.nan, right=np.nan))
-            w_z += lam[np.argmin(err ** 2)] / len(mine)
+            w_z += lam[np.argmin(err**2)] / len(mine)
         with warnings.catch_warnings():  # grid points no seed reaches: NaN, as in the notebook
             warnings.simplefilter("ignore", RuntimeWarning)
             mean_arr.append(np.nanmean(np.array(interp), axis=0))
@@ -141,10 +159,19 @@ def reference_pipeline(curves: list[SeedCurve], grid: tuple[float, float, int], 
     gamma2, e2 = loglog(np.array(P_arr, float), np.array(l0))
     eps_star = np.array([np.nanmin(m) for m in mean_arr])
     slope_meas, e_meas = loglog(np.array(P_arr, float), eps_star)
-    g1, e1 = float(np.mean(gammas)), float(np.sqrt((sigmas_a ** 2 / len(sigmas_a)).sum()))
-    sigma = np.sqrt((g1 * gamma2) ** 2 * ((e1 / g1) ** 2 + (e2 / gamma2) ** 2) + e_meas ** 2)
-    return {"gamma1": g1, "gamma1_err": e1, "k1": float(np.mean(ks)), "gamma2": gamma2, "gamma2_err": e2,
-            "gamma_meas": -slope_meas, "gamma_meas_err": e_meas, "gamma_pred": g1 * gamma2, "sigma": sigma}
+    g1, e1 = float(np.mean(gammas)), float(np.sqrt((sigmas_a**2 / len(sigmas_a)).sum()))
+    sigma = np.sqrt((g1 * gamma2) ** 2 * ((e1 / g1) ** 2 + (e2 / gamma2) ** 2) + e_meas**2)
+    return {
+        "gamma1": g1,
+        "gamma1_err": e1,
+        "k1": float(np.mean(ks)),
+        "gamma2": gamma2,
+        "gamma2_err": e2,
+        "gamma_meas": -slope_meas,
+        "gamma_meas_err": e_meas,
+        "gamma_pred": g1 * gamma2,
+        "sigma": sigma,
+    }
 
 
 def test_paper_method_equals_the_reference_pipeline() -> None:
@@ -211,8 +238,11 @@ def test_non_monotone_lambda_keeps_the_growth_envelope() -> None:
 
 def test_too_few_points_in_the_window_is_an_error_naming_P() -> None:
     curves = synth_curves(np.random.default_rng(3), n_seeds=2)
-    with pytest.raises(FitError, match=r"window \[0.1, 0.12\] of lambda/lambda\* holds [0-2] grid point\(s\) for "
-                                       r"P=200, need at least 3; widen --window or use a finer --grid"):
+    with pytest.raises(
+        FitError,
+        match=r"window \[0.1, 0.12\] of lambda/lambda\* holds [0-2] grid point\(s\) for "
+        r"P=200, need at least 3; widen --window or use a finer --grid",
+    ):
         fit_curves(curves, options=FitOptions(window=(0.1, 0.12)))
 
 
@@ -233,7 +263,7 @@ def test_single_P_and_empty_selection_are_errors() -> None:
 
 def test_law2_offset_recovers_a_shifted_power_law() -> None:
     P = np.array([100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0])
-    lambda_star = 0.3 * P ** 0.9 + 5.0
+    lambda_star = 0.3 * P**0.9 + 5.0
     law2 = plugins.get("fitters", "law2")(offset=True).fit(P, np.log10(lambda_star))
     assert (law2.gamma2_, law2.k2_, law2.offset_) == pytest.approx((0.9, 0.3, 5.0), rel=1e-6)
     plain = plugins.get("fitters", "law2")().fit(P, np.log10(lambda_star))

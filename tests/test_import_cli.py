@@ -1,4 +1,5 @@
 """`normdyn import`: safetensors and weights-only .pt folders, steps, refusals."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,11 @@ from normdyn.core.store import Run
 
 def _sd(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"fc1.weight": torch.randn(4, 6, generator=g), "fc1.bias": torch.randn(4, generator=g),
-            "fc2.weight": torch.randn(2, 4, generator=g)}
+    return {
+        "fc1.weight": torch.randn(4, 6, generator=g),
+        "fc1.bias": torch.randn(4, generator=g),
+        "fc2.weight": torch.randn(2, 4, generator=g),
+    }
 
 
 class Payload:
@@ -48,7 +52,8 @@ def test_import_safetensors_folder_infers_layers_and_analyses(tmp_path: Path) ->
     assert out.output.splitlines() == [
         f"warning: {run.path / 'ckpt/step-0000000000.safetensors'}: no model spec; layers inferred from parameter "
         "order in the file (2 layers: 2-D = linear, 4-D = conv2d without geometry)",
-        "1 run(s): 3 computed, 0 skipped, 0 failed"]
+        "1 run(s): 3 computed, 0 skipped, 0 failed",
+    ]
     again = CliRunner().invoke(cli, ["import", str(src), "--store", str(store)])
     assert again.output == f"{store / 'src'}: 0 imported, 3 already present, 0 failed\n"
 
@@ -59,13 +64,32 @@ def test_import_pt_with_steps_file_and_model_spec(tmp_path: Path) -> None:
     torch.save(_sd(1), src / "early.pt")
     torch.save({"model_state_dict": _sd(2), "epoch": 3}, src / "late.pth")
     (src / "steps.txt").write_text("early.pt 5\nlate.pth, 50\n")
-    layers = [{"name": "fc1", "kind": "linear", "weight": "fc1.weight", "bias": "fc1.bias"},
-              {"name": "fc2", "kind": "linear", "weight": "fc2.weight"}]
+    layers = [
+        {"name": "fc1", "kind": "linear", "weight": "fc1.weight", "bias": "fc1.bias"},
+        {"name": "fc2", "kind": "linear", "weight": "fc2.weight"},
+    ]
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"layers": layers}))
     store = tmp_path / "store"
-    result = CliRunner().invoke(cli, ["import", str(src), "--store", str(store), "--steps", str(src / "steps.txt"),
-                                      "--model", str(spec), "--run-id", "mine", "--P", "64", "--seed", "3"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "import",
+            str(src),
+            "--store",
+            str(store),
+            "--steps",
+            str(src / "steps.txt"),
+            "--model",
+            str(spec),
+            "--run-id",
+            "mine",
+            "--P",
+            "64",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = Run(store / "mine")
     assert list(run.checkpoints()["step"]) == [5, 50] and (run.P, run.seed) == (64, 3)
@@ -84,8 +108,13 @@ def test_pickled_objects_are_refused_never_executed(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert not marker.exists()
     lines = result.output.splitlines()
-    assert lines[0] == f"error: {src / 'noise.pt'}: no step number in the file name; pass --steps FILE with a line 'noise.pt STEP'"
-    assert lines[1].startswith(f"error: {src / 'step_1.pt'}: refused: the file holds pickled objects other than tensors")
+    assert (
+        lines[0]
+        == f"error: {src / 'noise.pt'}: no step number in the file name; pass --steps FILE with a line 'noise.pt STEP'"
+    )
+    assert lines[1].startswith(
+        f"error: {src / 'step_1.pt'}: refused: the file holds pickled objects other than tensors"
+    )
     assert lines[2] == f"{tmp_path / 'store' / 'evil'}: 1 imported, 0 already present, 2 failed"
 
 
@@ -98,7 +127,8 @@ def test_import_errors_name_the_problem(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.splitlines() == [
         f"error: {src}: step 1 is shared by a_1.safetensors, b_1.safetensors (none imported); use --steps FILE",
-        f"{tmp_path / 's' / 'dups'}: 0 imported, 0 already present, 1 failed"]
+        f"{tmp_path / 's' / 'dups'}: 0 imported, 0 already present, 1 failed",
+    ]
     empty = tmp_path / "empty"
     empty.mkdir()
     out = CliRunner().invoke(cli, ["import", str(empty), "--store", str(tmp_path / "s")])

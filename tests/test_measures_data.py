@@ -1,7 +1,9 @@
 """Fisher-Rao norm and margins against direct computations on a tiny bias-free ReLU net."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,8 +33,10 @@ class _Family:
     name = "tiny_net_data_test"
 
     def spec(self, *, input_shape: tuple[int, ...], num_classes: int, **params: Any) -> dict[str, Any]:
-        layers = [LayerSpec(name="a", kind="linear", weight="a.weight", in_channels=4).to_dict(),
-                  LayerSpec(name="b", kind="linear", weight="b.weight", in_channels=6).to_dict()]
+        layers = [
+            LayerSpec(name="a", kind="linear", weight="a.weight", in_channels=4).to_dict(),
+            LayerSpec(name="b", kind="linear", weight="b.weight", in_channels=6).to_dict(),
+        ]
         return {"name": self.name, "input_shape": [4], "num_classes": 3, "layers": layers}
 
     def build(self, spec: Mapping[str, Any]) -> nn.Module:

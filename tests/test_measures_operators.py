@@ -1,13 +1,14 @@
 """Path norm by explicit path enumeration; conv operator norms against dense matrices."""
+
 from __future__ import annotations
 
 import itertools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from normdyn.core import plugins
@@ -24,10 +25,17 @@ class TinyMLPFamily:
 
     def spec(self, *, input_shape: tuple[int, ...], num_classes: int, **params: Any) -> dict[str, Any]:
         widths = [input_shape[0], *params["hidden"], num_classes]
-        layers = [LayerSpec(name=f"net.{2 * i}", kind="linear", weight=f"net.{2 * i}.weight", in_channels=a).to_dict()
-                  for i, a in enumerate(widths[:-1])]
-        return {"name": self.name, "hidden": list(params["hidden"]), "input_shape": list(input_shape),
-                "num_classes": num_classes, "layers": layers}
+        layers = [
+            LayerSpec(name=f"net.{2 * i}", kind="linear", weight=f"net.{2 * i}.weight", in_channels=a).to_dict()
+            for i, a in enumerate(widths[:-1])
+        ]
+        return {
+            "name": self.name,
+            "hidden": list(params["hidden"]),
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "layers": layers,
+        }
 
     def build(self, spec: Mapping[str, Any]) -> nn.Module:
         widths = [spec["input_shape"][0], *spec["hidden"], spec["num_classes"]]
@@ -78,23 +86,37 @@ def _dense(layer: LayerSpec, w: torch.Tensor) -> np.ndarray:
     return conv_forward(layer, w.double())(basis).reshape(dim, -1).T.numpy()
 
 
-@pytest.mark.parametrize("kind,stride,padding,dilation,groups,mode", [
-    ("conv2d", (1, 1), (1, 1), (1, 1), 1, "zeros"),
-    ("conv2d", (2, 2), (1, 1), (1, 1), 1, "zeros"),
-    ("conv2d", (1, 1), (1, 1), (1, 1), 1, "circular"),   # FFT path
-    ("conv2d", (1, 1), (2, 2), (2, 2), 2, "circular"),   # FFT path, dilated, grouped
-    ("conv2d", (2, 1), (1, 1), (1, 1), 1, "circular"),   # strided circular: iteration
-    ("conv2d", (1, 1), (0, 0), (2, 2), 2, "zeros"),
-    ("conv1d", (2,), (1,), (1,), 1, "zeros"),
-])
-def test_conv_operator_norm_equals_dense_matrix_norm(kind: str, stride: tuple, padding: tuple, dilation: tuple,
-                                                     groups: int, mode: str) -> None:
+@pytest.mark.parametrize(
+    "kind,stride,padding,dilation,groups,mode",
+    [
+        ("conv2d", (1, 1), (1, 1), (1, 1), 1, "zeros"),
+        ("conv2d", (2, 2), (1, 1), (1, 1), 1, "zeros"),
+        ("conv2d", (1, 1), (1, 1), (1, 1), 1, "circular"),  # FFT path
+        ("conv2d", (1, 1), (2, 2), (2, 2), 2, "circular"),  # FFT path, dilated, grouped
+        ("conv2d", (2, 1), (1, 1), (1, 1), 1, "circular"),  # strided circular: iteration
+        ("conv2d", (1, 1), (0, 0), (2, 2), 2, "zeros"),
+        ("conv1d", (2,), (1,), (1,), 1, "zeros"),
+    ],
+)
+def test_conv_operator_norm_equals_dense_matrix_norm(
+    kind: str, stride: tuple, padding: tuple, dilation: tuple, groups: int, mode: str
+) -> None:
     torch.manual_seed(1)
     in_shape = (6, 5) if kind == "conv2d" else (9,)
     cin, cout = 2, 4
     w = torch.randn(cout, cin // groups, *([3] * len(in_shape)))
-    layer = LayerSpec(name="c", kind=kind, weight="c.weight", in_shape=in_shape, in_channels=cin, stride=stride,
-                      padding=padding, dilation=dilation, groups=groups, padding_mode=mode)
+    layer = LayerSpec(
+        name="c",
+        kind=kind,
+        weight="c.weight",
+        in_shape=in_shape,
+        in_channels=cin,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=mode,
+    )
     sigma, _ = conv_norm(layer, w)
     ref = np.linalg.svd(_dense(layer, w), compute_uv=False)[0]
     assert sigma == pytest.approx(ref, rel=1e-6)
@@ -104,8 +126,16 @@ def test_conv_operator_norm_equals_dense_matrix_norm(kind: str, stride: tuple, p
 
 def test_conv_operator_measures_on_a_view() -> None:
     torch.manual_seed(2)
-    conv = LayerSpec(name="c", kind="conv2d", weight="c.weight", in_shape=(4, 4), in_channels=1, stride=(1, 1),
-                     padding=(1, 1), dilation=(1, 1))
+    conv = LayerSpec(
+        name="c",
+        kind="conv2d",
+        weight="c.weight",
+        in_shape=(4, 4),
+        in_channels=1,
+        stride=(1, 1),
+        padding=(1, 1),
+        dilation=(1, 1),
+    )
     fc = LayerSpec(name="f", kind="linear", weight="f.weight", in_channels=32)
     tensors = {"c.weight": torch.randn(2, 1, 3, 3), "f.weight": torch.randn(3, 32)}
     view = CheckpointView(tensors, RunContext(model_spec={"layers": [conv.to_dict(), fc.to_dict()]}))

@@ -1,4 +1,5 @@
 """Spectral and entry-wise measures against independent numpy computations."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ from normdyn.plugins.measures.top_singular import matrix_top_singular
 
 
 def _view(layers: list[LayerSpec], tensors: dict[str, torch.Tensor]) -> CheckpointView:
-    ctx = RunContext(model_spec={"layers": [l.to_dict() for l in layers]})
+    ctx = RunContext(model_spec={"layers": [lay.to_dict() for lay in layers]})
     return CheckpointView(tensors, ctx)
 
 
@@ -59,7 +60,7 @@ def test_spectral_measures_match_numpy_on_mlp() -> None:
     rng = np.random.default_rng(2)
     layers, tensors = _mlp(rng, [7, 5, 6, 3])
     view = _view(layers, tensors)
-    mats = [tensors[l.weight].double().numpy() for l in layers]
+    mats = [tensors[lay.weight].double().numpy() for lay in layers]
     reg = plugins.registry("measures")
     assert reg.get("spectral_complexity").compute(view, {}) == pytest.approx(_np_bartlett(mats), rel=1e-6)
     prod = np.prod([np.linalg.svd(m, compute_uv=False)[0] for m in mats])
@@ -67,7 +68,7 @@ def test_spectral_measures_match_numpy_on_mlp() -> None:
     cols = sum(np.linalg.norm(m, axis=0).sum() for m in mats)
     assert reg.get("group21").compute(view, {}) == pytest.approx(cols, rel=1e-6)
     everything = np.concatenate([t.double().numpy().ravel() for t in tensors.values()])
-    assert reg.get("frobenius").compute(view, {}) == pytest.approx(np.sqrt((everything ** 2).sum()), rel=1e-6)
+    assert reg.get("frobenius").compute(view, {}) == pytest.approx(np.sqrt((everything**2).sum()), rel=1e-6)
     assert reg.get("l1").compute(view, {}) == pytest.approx(np.abs(everything).sum(), rel=1e-6)
 
 
@@ -75,7 +76,9 @@ def test_include_bias_appends_a_column() -> None:
     rng = np.random.default_rng(3)
     layers, tensors = _mlp(rng, [4, 3, 2])
     view = _view(layers, tensors)
-    mats = [np.hstack([tensors[l.weight].double().numpy(), tensors[l.bias].double().numpy()[:, None]]) for l in layers]
+    mats = [
+        np.hstack([tensors[lay.weight].double().numpy(), tensors[lay.bias].double().numpy()[:, None]]) for lay in layers
+    ]
     from normdyn.plugins.measures.spectral import SpectralComplexity
 
     assert SpectralComplexity(include_bias=True).compute(view, {}) == pytest.approx(_np_bartlett(mats), rel=1e-6)
@@ -83,12 +86,29 @@ def test_include_bias_appends_a_column() -> None:
 
 def test_batchnorm_folding_into_conv() -> None:
     rng = np.random.default_rng(4)
-    conv = LayerSpec(name="c", kind="conv2d", weight="c.weight", bias=None, in_shape=(5, 5), in_channels=2,
-                     stride=(1, 1), padding=(1, 1), dilation=(1, 1), bn="bn", bn_eps=1e-5)
+    conv = LayerSpec(
+        name="c",
+        kind="conv2d",
+        weight="c.weight",
+        bias=None,
+        in_shape=(5, 5),
+        in_channels=2,
+        stride=(1, 1),
+        padding=(1, 1),
+        dilation=(1, 1),
+        bn="bn",
+        bn_eps=1e-5,
+    )
     fc = LayerSpec(name="f", kind="linear", weight="f.weight", in_channels=12)
-    t = {"c.weight": rng.normal(size=(3, 2, 3, 3)), "bn.weight": rng.uniform(0.5, 2, 3), "bn.bias": rng.normal(size=3),
-         "bn.running_mean": rng.normal(size=3), "bn.running_var": rng.uniform(0.5, 2, 3),
-         "bn.num_batches_tracked": np.array(3), "f.weight": rng.normal(size=(2, 12))}
+    t = {
+        "c.weight": rng.normal(size=(3, 2, 3, 3)),
+        "bn.weight": rng.uniform(0.5, 2, 3),
+        "bn.bias": rng.normal(size=3),
+        "bn.running_mean": rng.normal(size=3),
+        "bn.running_var": rng.uniform(0.5, 2, 3),
+        "bn.num_batches_tracked": np.array(3),
+        "f.weight": rng.normal(size=(2, 12)),
+    }
     tensors = {k: torch.tensor(v) for k, v in t.items()}
     view = _view([conv, fc], tensors)
     scale = t["bn.weight"] / np.sqrt(t["bn.running_var"] + 1e-5)
@@ -100,28 +120,32 @@ def test_batchnorm_folding_into_conv() -> None:
     assert raw == pytest.approx(_np_bartlett([t["c.weight"].reshape(3, -1), t["f.weight"]]), rel=1e-10)
     # BatchNorm statistics are buffers, not parameters: frobenius over parameters leaves them out
     params = [t[k] for k in ("c.weight", "bn.weight", "bn.bias", "f.weight")]
-    fro = np.sqrt(sum((p ** 2).sum() for p in params))
+    fro = np.sqrt(sum((p**2).sum() for p in params))
     assert plugins.get("measures", "frobenius").compute(view, {}) == pytest.approx(fro, rel=1e-12)
 
 
 def test_attention_rows_are_split_into_q_k_v() -> None:
     rng = np.random.default_rng(5)
     w = torch.tensor(rng.normal(size=(12, 4)))
-    layers = [LayerSpec(name=f"a.{k}", kind=f"attn_{k}", weight="a.in_proj_weight", rows=(i * 4, i * 4 + 4),
-                        in_channels=4) for i, k in enumerate("qkv")]
+    layers = [
+        LayerSpec(name=f"a.{k}", kind=f"attn_{k}", weight="a.in_proj_weight", rows=(i * 4, i * 4 + 4), in_channels=4)
+        for i, k in enumerate("qkv")
+    ]
     view = _view(layers, {"a.in_proj_weight": w})
-    mats = [w.numpy()[i * 4:(i + 1) * 4] for i in range(3)]
+    mats = [w.numpy()[i * 4 : (i + 1) * 4] for i in range(3)]
     assert plugins.get("measures", "spectral_complexity").compute(view, {}) == pytest.approx(_np_bartlett(mats))
 
 
 def _reference_compute_model_norm(model: torch.nn.Module) -> float:
     """deep_norm's CNNClassifier.compute_model_norm, written out with numpy."""
-    mods = [m for m in list(model.features) + list(model.classifier) if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    mods = [
+        m for m in list(model.features) + list(model.classifier) if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     mats = [m.weight.detach().double().numpy().reshape(m.weight.shape[0], -1) for m in mods]
     s = [np.linalg.svd(w, compute_uv=False)[0] for w in mats]
     t = [np.linalg.norm(w, axis=0).sum() for w in mats]
-    total = sum((sum(t[i + 1:]) if i < len(s) - 1 else 0.0) ** (2 / 3) / s[i] ** (2 / 3) for i in range(len(s)))
-    return float(np.prod(s) * total ** 1.5)
+    total = sum((sum(t[i + 1 :]) if i < len(s) - 1 else 0.0) ** (2 / 3) / s[i] ** (2 / 3) for i in range(len(s)))
+    return float(np.prod(s) * total**1.5)
 
 
 def test_spectral_complexity_dn_equals_reference_on_paper_cnn() -> None:
@@ -130,7 +154,7 @@ def test_spectral_complexity_dn_equals_reference_on_paper_cnn() -> None:
     torch.manual_seed(0)
     model = family.build(spec)
     view = CheckpointView(model.state_dict(), RunContext(model_spec=spec))
-    assert [l.kind for l in view.layers] == ["conv2d", "conv2d", "conv2d", "linear", "linear"]
+    assert [lay.kind for lay in view.layers] == ["conv2d", "conv2d", "conv2d", "linear", "linear"]
     value = plugins.get("measures", "spectral_complexity_dn").compute(view, {})
     assert value == pytest.approx(_reference_compute_model_norm(model), rel=1e-6)
 

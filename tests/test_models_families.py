@@ -1,6 +1,7 @@
 """Model families: traced layer lists (order, kinds, geometry, input shapes,
 BatchNorm links, attention Q/K/V split), presets chosen by the data, and
 rebuilding from the JSON spec alone."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def test_cnn_layers_follow_the_reference_architecture() -> None:
     spec = _spec("cnn", (1, 28, 28), 10)
     assert spec["conv_channels"] == [32, 64, 128] and spec["hidden"] == [512] and spec["dropout"] == 0.0
     layers = [LayerSpec.from_dict(d) for d in spec["layers"]]
-    assert [(l.name, l.kind, l.in_shape, l.in_channels) for l in layers] == [
+    assert [(lay.name, lay.kind, lay.in_shape, lay.in_channels) for lay in layers] == [
         ("features.0", "conv2d", (28, 28), 1),
         ("features.2", "conv2d", (28, 28), 32),
         ("features.5", "conv2d", (14, 14), 64),  # one max-pool after the second conv
@@ -73,7 +74,7 @@ def test_presets_are_chosen_by_the_data() -> None:
 def test_resnet_links_batchnorm_and_projection_convs() -> None:
     spec = _spec("resnet", (1, 8, 8), 10, blocks=[1, 1], widths=[4, 8])
     layers = [LayerSpec.from_dict(d) for d in spec["layers"]]
-    assert [(l.name, l.in_shape, l.stride, l.bn) for l in layers] == [
+    assert [(lay.name, lay.in_shape, lay.stride, lay.bn) for lay in layers] == [
         ("stem.0", (8, 8), (1, 1), "stem.1"),
         ("stages.0.0.conv1", (8, 8), (1, 1), "stages.0.0.bn1"),
         ("stages.0.0.conv2", (8, 8), (1, 1), "stages.0.0.bn2"),
@@ -82,7 +83,7 @@ def test_resnet_links_batchnorm_and_projection_convs() -> None:
         ("stages.1.0.downsample.0", (8, 8), (2, 2), "stages.1.0.downsample.1"),
         ("fc", None, (), None),
     ]
-    assert all(l.bias is None for l in layers[:-1]) and layers[-1].bias == "fc.bias"
+    assert all(lay.bias is None for lay in layers[:-1]) and layers[-1].bias == "fc.bias"
     model = _check_rebuild(spec)
     assert "stages.1.0.downsample.1.running_var" in model.state_dict()
 
@@ -90,9 +91,15 @@ def test_resnet_links_batchnorm_and_projection_convs() -> None:
 def test_vit_splits_attention_into_q_k_v_rows() -> None:
     spec = _spec("vit", (1, 6, 6), 4, patch=3, dim=8, depth=2, heads=2)
     layers = [LayerSpec.from_dict(d) for d in spec["layers"]]
-    block = [("attn_q", (0, 8)), ("attn_k", (8, 16)), ("attn_v", (16, 24)), ("attn_out", None),
-             ("linear", None), ("linear", None)]
-    assert [(l.kind, l.rows) for l in layers] == [("conv2d", None)] + block * 2 + [("linear", None)]
+    block = [
+        ("attn_q", (0, 8)),
+        ("attn_k", (8, 16)),
+        ("attn_v", (16, 24)),
+        ("attn_out", None),
+        ("linear", None),
+        ("linear", None),
+    ]
+    assert [(lay.kind, lay.rows) for lay in layers] == [("conv2d", None)] + block * 2 + [("linear", None)]
     assert layers[0].in_shape == (6, 6) and layers[0].stride == (3, 3)
     assert layers[1].weight == layers[2].weight == layers[3].weight == "blocks.0.attn.in_proj_weight"
     assert layers[4].weight == "blocks.0.attn.out_proj.weight"
@@ -103,11 +110,18 @@ def test_vit_splits_attention_into_q_k_v_rows() -> None:
 def test_mlp_and_cnn1d() -> None:
     mlp = _spec("mlp", (5,), 2, widths=[7, 3], bias=False)
     assert [(d["name"], d["in_channels"], d["bias"]) for d in mlp["layers"]] == [
-        ("net.1", 5, None), ("net.3", 7, None), ("net.5", 3, None)]
+        ("net.1", 5, None),
+        ("net.3", 7, None),
+        ("net.5", 3, None),
+    ]
     _check_rebuild(mlp)
     cnn1d = _spec("cnn1d", (1, 40), 10)
     assert [(d["kind"], d["in_shape"]) for d in cnn1d["layers"]] == [
-        ("conv1d", [40]), ("conv1d", [19]), ("conv1d", [9]), ("linear", None)]
+        ("conv1d", [40]),
+        ("conv1d", [19]),
+        ("conv1d", [9]),
+        ("linear", None),
+    ]
     assert cnn1d["layers"][-1]["in_channels"] == 25 * 4
     _check_rebuild(cnn1d)
 

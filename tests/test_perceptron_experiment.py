@@ -1,4 +1,5 @@
 """The vectorised perceptron experiment, its plugins, and the ``normdyn perceptron`` command."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,9 @@ def test_first_step_is_hebb_and_error_matches_theory(tmp_path: Path) -> None:
     assert np.mean(eps1) == pytest.approx(float(th.eps_hebb(1.0)), abs=0.03)
 
 
-def _reference_descent(x: torch.Tensor, y: torch.Tensor, alpha: float,
-                       exp: PerceptronExperiment) -> dict[int, torch.Tensor]:
+def _reference_descent(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, exp: PerceptronExperiment
+) -> dict[int, torch.Tensor]:
     """One system alone, torch.mv per product: v at every checkpoint step (the rule of trainer/perceptron.py)."""
     P, N = x.shape
     points = set(parse_schedule(exp.schedule, exp.steps))
@@ -85,8 +87,9 @@ def test_batched_descent_matches_one_system_at_a_time(tmp_path: Path, kernel: st
     # step exceeds the stability limit of the directions across the path, rounding grows ~10x per step
     # (two one-system loops that differ only in the gradient's summation order part by 1e-6 at step
     # 165 for alpha = 4, lam_stop = 3), so no two summation orders agree to 1e-10 there.
-    exp = PerceptronExperiment(N=40, alphas=(4.0, 0.5, 2.0, 1.0), seeds=(0, 1), steps=150, schedule="log:8",
-                               lam_stop=2.0, n_test=100)
+    exp = PerceptronExperiment(
+        N=40, alphas=(4.0, 0.5, 2.0, 1.0), seeds=(0, 1), steps=150, schedule="log:8", lam_stop=2.0, n_test=100
+    )
     summary = run_experiment(exp, tmp_path, kernel=kernel)
     stops = set()
     for run in list_runs(tmp_path):
@@ -104,8 +107,9 @@ def test_batched_descent_matches_one_system_at_a_time(tmp_path: Path, kernel: st
 
 
 def test_gradient_descent_approaches_max_margin(tmp_path: Path) -> None:
-    exp = PerceptronExperiment(N=20, alphas=(2.0,), seeds=(0,), steps=3000, schedule="log:12", lam_stop=1e4,
-                               max_rel_step=0.2)
+    exp = PerceptronExperiment(
+        N=20, alphas=(2.0,), seeds=(0,), steps=3000, schedule="log:12", lam_stop=1e4, max_rel_step=0.2
+    )
     run_experiment(exp, tmp_path)
     (run,) = list_runs(tmp_path)
     x, y, _ = _data_of(run)
@@ -130,7 +134,9 @@ def test_store_format_measure_and_curves(tmp_path: Path) -> None:
     store_lambda_measure(runs)
     for run in runs:
         rec = run.read_measure("perceptron_lambda")
-        expected = [np.linalg.norm(run.load_state_dict(i)["fc.weight"].numpy()) / math.sqrt(50) for i in range(len(run))]
+        expected = [
+            np.linalg.norm(run.load_state_dict(i)["fc.weight"].numpy()) / math.sqrt(50) for i in range(len(run))
+        ]
         assert rec.values == pytest.approx(expected, rel=1e-12)
         assert rec.values[0] == 0.0
     curves = curves_from_store(runs)
@@ -164,17 +170,31 @@ def test_bad_inputs_name_the_value() -> None:
         with pytest.raises(ConfigError, match=f"device='{device}': use cpu, cuda or cuda:K"):
             PerceptronExperiment(device=device).validate()
     with pytest.raises(ConfigError, match="kernel='gemm': use one of chunked-mv, blocked-bmm"):
-        BatchedDescent(torch.zeros(1, 4, 3, dtype=torch.float64), [2, 4], lr0=0.1, safety=0.5, rho=0.05,
-                       kernel="gemm")
+        BatchedDescent(torch.zeros(1, 4, 3, dtype=torch.float64), [2, 4], lr0=0.1, safety=0.5, rho=0.05, kernel="gemm")
     with pytest.raises(ConfigError, match=r"P=\[4, 2\]: need increasing sample counts ending at Z's 4 rows"):
-        BatchedDescent(torch.zeros(1, 4, 3, dtype=torch.float64), [4, 2], lr0=0.1, safety=0.5, rho=0.05,
-                       kernel="chunked-mv")
+        BatchedDescent(
+            torch.zeros(1, 4, 3, dtype=torch.float64), [4, 2], lr0=0.1, safety=0.5, rho=0.05, kernel="chunked-mv"
+        )
 
 
 def test_cli_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    args = ["perceptron", "--out", str(out), "--N", "60", "--alphas", "1,2,4", "--seeds", "2", "--steps", "400", "--schedule", "log:10",
-            "--quiet"]
+    args = [
+        "perceptron",
+        "--out",
+        str(out),
+        "--N",
+        "60",
+        "--alphas",
+        "1,2,4",
+        "--seeds",
+        "2",
+        "--steps",
+        "400",
+        "--schedule",
+        "log:10",
+        "--quiet",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -188,7 +208,10 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert len(list_runs(out / "store")) == 6
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 1
-    assert again.output.strip() == f"Error: {out / 'store'} already holds runs; choose a new --out (nothing is overwritten)"
+    assert (
+        again.output.strip()
+        == f"Error: {out / 'store'} already holds runs; choose a new --out (nothing is overwritten)"
+    )
     bad = CliRunner().invoke(cli, ["perceptron", "--out", str(tmp_path / "x"), "--alphas", "a,b"])
     assert bad.exit_code == 1
     assert bad.output.strip() == "Error: --alphas 'a,b': give comma-separated numbers, e.g. 0.5,1,2,4"

@@ -1,4 +1,5 @@
 """Theory of the teacher-student perceptron: classical values and limits of the fixed-norm curve."""
+
 from __future__ import annotations
 
 import math

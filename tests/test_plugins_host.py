@@ -1,4 +1,5 @@
 """The plugin host: registries, duplicates, entry points, NORMDYN_LOAD_PLUGINS, packaging."""
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ def test_duplicate_name_is_an_error_naming_both_plugins() -> None:
     try:
         with pytest.raises(PluginError) as info:
             plugins.registry("fitters")
-        assert str(info.value) == ("duplicate fitter name 'shared': registered by plugin 'plugin-a' "
-                                   "and by plugin 'plugin-b'")
+        assert str(info.value) == (
+            "duplicate fitter name 'shared': registered by plugin 'plugin-a' and by plugin 'plugin-b'"
+        )
     finally:
         plugins.unregister_plugin(a)
         plugins.unregister_plugin(b)
@@ -91,8 +93,13 @@ def _plugins_json(site: Path, load: str | None) -> list[dict]:
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(EXAMPLE), env.get("PYTHONPATH", "")])
     if load is not None:
         env["NORMDYN_LOAD_PLUGINS"] = load
-    out = subprocess.run([sys.executable, "-m", "normdyn.core.cli", "plugins", "--json"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "normdyn.core.cli", "plugins", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -100,8 +107,17 @@ def test_entry_point_plugin_is_found_and_can_be_restricted(tmp_path: Path) -> No
     _fake_install(tmp_path)
     listed = _plugins_json(tmp_path, None)
     example = [p for p in listed if p["name"] == "example"]
-    assert example == [{"name": "example", "measures": ["max_abs_weight"], "fitters": [], "models": [],
-                        "datasets": [], "report_sections": [], "commands": []}]
+    assert example == [
+        {
+            "name": "example",
+            "measures": ["max_abs_weight"],
+            "fitters": [],
+            "models": [],
+            "datasets": [],
+            "report_sections": [],
+            "commands": [],
+        }
+    ]
     assert all(set(p) == {"name", *plugins.KINDS, "commands"} for p in listed)
     assert [p for p in _plugins_json(tmp_path, "example") if p["name"] == "example"] == example
     assert not [p for p in _plugins_json(tmp_path, "") if p["name"] == "example"]
@@ -118,21 +134,43 @@ def test_every_hook_is_documented() -> None:
     from normdyn.core import hookspecs
 
     doc = (ROOT / "docs" / "plugins.md").read_text()
-    for name in ("register_measures", "register_fitters", "register_models", "register_datasets",
-                 "register_report_sections", "register_commands"):
+    for name in (
+        "register_measures",
+        "register_fitters",
+        "register_models",
+        "register_datasets",
+        "register_report_sections",
+        "register_commands",
+    ):
         spec = getattr(hookspecs, name)
         assert spec.__doc__ and spec.__doc__.strip()
         assert f"{name}(" in doc, f"{name} missing from docs/plugins.md"
 
 
 def test_wheel_contains_every_module(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("normdyn-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"normdyn/{folder}/{p.relative_to(ROOT / folder).as_posix()}"
-                for folder in ("core", "trainer", "analyzers", "plugins")
-                for p in (ROOT / folder).rglob("*.py")}
+    expected = {
+        f"normdyn/{folder}/{p.relative_to(ROOT / folder).as_posix()}"
+        for folder in ("core", "trainer", "analyzers", "plugins")
+        for p in (ROOT / folder).rglob("*.py")
+    }
     missing = expected - names
     assert not missing, f"modules missing from the wheel (list their packages in pyproject.toml): {sorted(missing)}"
     assert any(n.endswith("entry_points.txt") for n in names)

@@ -1,4 +1,5 @@
 """normdyn report: every promised file, links that resolve, results.json == fit --json, failures per item."""
+
 from __future__ import annotations
 
 import csv
@@ -29,17 +30,27 @@ def make_store(root: Path, Ps: tuple[int, ...] = PS, measures: tuple[str, ...] =
     """Runs whose eps(lambda) = P^-1/2 (x^-1/2 + x^1/2)/2, x = lambda / (10 P): minimum at lambda* = 10 P."""
     for P in Ps:
         for s in SEEDS:
-            run = Run.create(root, f"toy-P{P}-s{s}", config={"model": "toy", "P": P, "seed": s, "lr": 0.1},
-                             model_spec={"name": "toy", "layers": []}, dataset={"name": "toy"}, P=P, seed=s)
+            run = Run.create(
+                root,
+                f"toy-P{P}-s{s}",
+                config={"model": "toy", "P": P, "seed": s, "lr": 0.1},
+                model_spec={"name": "toy", "layers": []},
+                dataset={"name": "toy"},
+                P=P,
+                seed=s,
+            )
             u = np.linspace(-2.0, 1.0, N_CKPT) + 0.01 * s
             for i, ui in enumerate(u):
-                eps = P ** -0.5 * 0.5 * (10.0 ** (-ui / 2) + 10.0 ** (ui / 2))
-                run.append_checkpoint({"w": torch.full((2,), float(i))}, step=10 * i, epoch=float(i),
-                                      metrics={"test_error": eps, "train_error": eps / 2, "test_loss": 2 * eps,
-                                               "train_loss": eps})
+                eps = P**-0.5 * 0.5 * (10.0 ** (-ui / 2) + 10.0 ** (ui / 2))
+                run.append_checkpoint(
+                    {"w": torch.full((2,), float(i))},
+                    step=10 * i,
+                    epoch=float(i),
+                    metrics={"test_error": eps, "train_error": eps / 2, "test_loss": 2 * eps, "train_loss": eps},
+                )
             sha = list(run.checkpoints()["sha256"])
             for k, name in enumerate(measures):
-                run.write_measure(name, MeasureRecord(10.0 * P * 10.0 ** u * (k + 1), "toy", "1", {}, sha, {}))
+                run.write_measure(name, MeasureRecord(10.0 * P * 10.0**u * (k + 1), "toy", "1", {}, sha, {}))
             run.set_status("complete")
     return root
 
@@ -114,7 +125,7 @@ def test_csv_tables_hold_the_fit_and_every_checkpoint(report: dict[str, Any]) ->
     assert len(rows) == len(PS) * len(SEEDS) * N_CKPT
     first = rows[0]
     assert (first["run"], first["P"], first["seed"], first["step"]) == ("toy-P100-s0", "100", "0", "0")
-    assert float(first[f"lambda_{MEASURE}"]) == pytest.approx(10.0 * 100 * 10.0 ** -2.0)
+    assert float(first[f"lambda_{MEASURE}"]) == pytest.approx(10.0 * 100 * 10.0**-2.0)
     curves = _read_csv(directory / "curves.csv")
     for r in curves:
         assert float(r["min_test_error"]) <= float(r["mean_test_error"]) <= float(r["max_test_error"])
@@ -143,8 +154,14 @@ def test_failed_fit_keeps_the_run_figures(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"fit failed: {store} {MEASURE}: a single training-set size (P=100)" in result.output
     names = {p.name for p in (out / "one" / MEASURE).iterdir()}
-    assert names == {"fig-learning-curves.png", "fig-learning-curves.svg", "fig-lambda-vs-epoch.png",
-                     "fig-lambda-vs-epoch.svg", "learning_curves.csv", "runs.csv"}
+    assert names == {
+        "fig-learning-curves.png",
+        "fig-learning-curves.svg",
+        "fig-lambda-vs-epoch.png",
+        "fig-lambda-vs-epoch.svg",
+        "learning_curves.csv",
+        "runs.csv",
+    }
 
 
 class _TableSection:
@@ -153,9 +170,12 @@ class _TableSection:
     order = 5
 
     def render(self, context: Any, out: Any) -> None:
-        out.table("max_lambda", ["P", "max_lambda"],
-                  [[p, float(max(np.nanmax(r.lam) for r in context.runs_of(p)))] for p in context.P_values],
-                  "Largest lambda per P")
+        out.table(
+            "max_lambda",
+            ["P", "max_lambda"],
+            [[p, float(max(np.nanmax(r.lam) for r in context.runs_of(p)))] for p in context.P_values],
+            "Largest lambda per P",
+        )
 
 
 class _BrokenSection:
@@ -185,7 +205,7 @@ def test_plugin_sections_render_and_a_failing_one_is_reported(tmp_path: Path) ->
     assert f"section failed: {store} {MEASURE} broken: ValueError: no data for this figure" in result.output
     rows = _read_csv(out / "s" / MEASURE / "max_lambda.csv")
     assert [int(r["P"]) for r in rows] == [100, 200, 400]
-    assert [float(r["max_lambda"]) for r in rows] == pytest.approx([10.0 * p * 10.0 ** 1.01 for p in (100, 200, 400)])
+    assert [float(r["max_lambda"]) for r in rows] == pytest.approx([10.0 * p * 10.0**1.01 for p in (100, 200, 400)])
     page = (out / "index.html").read_text()
     assert page.index("A third-party section") < page.index("Fitted exponents")  # order 5 before 10
     assert "section &#x27;broken&#x27; failed: no data for this figure" in page

@@ -1,4 +1,5 @@
 """Checkpoint schedules: exact point counts, unions, errors."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,9 @@ from normdyn.core.errors import ScheduleError
 from normdyn.core.schedule import log_points, parse_schedule
 
 
-@pytest.mark.parametrize("K,T", [(1, 1), (1, 100), (5, 5), (10, 1000), (50, 60), (50, 500), (50, 1000),
-                                 (37, 10**6), (100, 100)])
+@pytest.mark.parametrize(
+    "K,T", [(1, 1), (1, 100), (5, 5), (10, 1000), (50, 60), (50, 500), (50, 1000), (37, 10**6), (100, 100)]
+)
 def test_log_gives_exactly_K_distinct_points_ending_at_T(K: int, T: int) -> None:
     pts = log_points(K, T)
     assert len(pts) == K and len(set(pts)) == K
@@ -35,17 +37,20 @@ def test_linear_and_unions() -> None:
     assert parse_schedule("at:5,3,3+log:1", 10) == [0, 3, 5, 10]
 
 
-@pytest.mark.parametrize("spec,T,message", [
-    ("log:60", 50, "asks for 60 distinct points but the run has only 50"),
-    ("log:0", 50, "K must be >= 1"),
-    ("linear:0", 50, "the interval must be >= 1"),
-    ("cosine:4", 50, "unknown kind 'cosine'"),
-    ("log", 50, "expected log:K, linear:E or at:a,b"),
-    ("log:x", 50, "'x' is not an integer list"),
-    ("at:3,99", 50, "[99] outside [0, 50]"),
-    ("", 50, "empty schedule"),
-    ("log:5", 0, "the run length must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "spec,T,message",
+    [
+        ("log:60", 50, "asks for 60 distinct points but the run has only 50"),
+        ("log:0", 50, "K must be >= 1"),
+        ("linear:0", 50, "the interval must be >= 1"),
+        ("cosine:4", 50, "unknown kind 'cosine'"),
+        ("log", 50, "expected log:K, linear:E or at:a,b"),
+        ("log:x", 50, "'x' is not an integer list"),
+        ("at:3,99", 50, "[99] outside [0, 50]"),
+        ("", 50, "empty schedule"),
+        ("log:5", 0, "the run length must be >= 1"),
+    ],
+)
 def test_bad_specs(spec: str, T: int, message: str) -> None:
     with pytest.raises(ScheduleError) as info:
         parse_schedule(spec, T)
@@ -58,4 +63,7 @@ def test_schedule_command() -> None:
     assert result.output == "0\n1\n2\n4\n9\n20\n44\n96\n210\n458\n1000\n"
     result = CliRunner().invoke(cli, ["schedule", "log:10", "--total", "5"])
     assert result.exit_code == 1
-    assert result.output == "Error: log:10 asks for 10 distinct points but the run has only 5 steps/epochs; use K <= 5 or a longer run\n"
+    assert (
+        result.output
+        == "Error: log:10 asks for 10 distinct points but the run has only 5 steps/epochs; use K <= 5 or a longer run\n"
+    )

@@ -1,4 +1,5 @@
 """The store commands: ls, show, fsck (+ --repair), and their bad-input errors."""
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,22 @@ from normdyn.core.store import MeasureRecord, Run
 def make_store(root: Path, n_runs: int = 2, n_ckpt: int = 3) -> list[Run]:
     runs = []
     for i in range(n_runs):
-        run = Run.create(root, f"run{i}", config={"lr": 0.1}, model_spec={"name": "mlp"},
-                         dataset={"name": "mnist1d"}, P=100 * (i + 1), seed=i)
+        run = Run.create(
+            root,
+            f"run{i}",
+            config={"lr": 0.1},
+            model_spec={"name": "mlp"},
+            dataset={"name": "mnist1d"},
+            P=100 * (i + 1),
+            seed=i,
+        )
         for s in range(n_ckpt):
-            run.append_checkpoint({"w": torch.full((4, 4), float(s))}, step=10 * s, epoch=float(s),
-                                  metrics={"test_error": 0.5 - 0.1 * s, "train_error": 0.25})
+            run.append_checkpoint(
+                {"w": torch.full((4, 4), float(s))},
+                step=10 * s,
+                epoch=float(s),
+                metrics={"test_error": 0.5 - 0.1 * s, "train_error": 0.25},
+            )
         runs.append(run)
     return runs
 
@@ -76,11 +88,14 @@ def _corrupt(run: Run, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how,message", [
-    ("truncated", "truncated safetensors file"),
-    ("header", "corrupted safetensors header"),
-    ("sha", "sha256 mismatch"),
-])
+@pytest.mark.parametrize(
+    "how,message",
+    [
+        ("truncated", "truncated safetensors file"),
+        ("header", "corrupted safetensors header"),
+        ("sha", "sha256 mismatch"),
+    ],
+)
 def test_fsck_names_damaged_checkpoint(tmp_path: Path, how: str, message: str) -> None:
     runs = make_store(tmp_path)
     path = _corrupt(runs[1], how)
@@ -142,8 +157,10 @@ def test_missing_checkpoint_is_reported(tmp_path: Path) -> None:
 def test_missing_path(tmp_path: Path, cmd: tuple[str, ...]) -> None:
     result = invoke(*cmd, str(tmp_path / "nope"))
     assert result.exit_code == 1
-    assert error_line(result) in (f"Error: {tmp_path / 'nope'}: no such store directory",
-                                  f"Error: {tmp_path / 'nope'}: no such run directory")
+    assert error_line(result) in (
+        f"Error: {tmp_path / 'nope'}: no such store directory",
+        f"Error: {tmp_path / 'nope'}: no such run directory",
+    )
 
 
 def test_folder_that_is_not_a_store(tmp_path: Path) -> None:
@@ -151,7 +168,9 @@ def test_folder_that_is_not_a_store(tmp_path: Path) -> None:
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
     result = invoke("store", "ls", str(tmp_path / "photos"))
     assert result.exit_code == 1
-    assert error_line(result) == f"Error: {tmp_path / 'photos'}: no runs found (a store is a directory of run directories)"
+    assert (
+        error_line(result) == f"Error: {tmp_path / 'photos'}: no runs found (a store is a directory of run directories)"
+    )
     result = invoke("store", "show", str(tmp_path / "photos"))
     assert result.exit_code == 1
     assert error_line(result).startswith(f"Error: {tmp_path / 'photos'}: not a normdyn run (no run.h5)")

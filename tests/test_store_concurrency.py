@@ -1,4 +1,5 @@
 """Two processes writing measures into one run never lose each other's results."""
+
 from __future__ import annotations
 
 import subprocess

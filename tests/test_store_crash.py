@@ -1,5 +1,6 @@
 """Crash safety: a writer killed with SIGKILL at random moments leaves a store
 that fsck passes or repairs, losing no checkpoint whose write had completed."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,7 @@ for step in range(1000):
 
 
 def _kill_at_random(store: Path, run_id: str, delay: float) -> list[int]:
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store), run_id],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store), run_id], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "created"
     time.sleep(delay)

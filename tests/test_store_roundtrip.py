@@ -1,4 +1,5 @@
 """Store round trips: tensors, metadata, metrics, measures, lazy reads."""
+
 from __future__ import annotations
 
 import json
@@ -15,33 +16,50 @@ from normdyn.core.store import FORMAT, MeasureRecord, Run, list_runs
 
 
 def make_run(store: Path, run_id: str = "r0", P: int = 100, seed: int = 3) -> Run:
-    return Run.create(store, run_id, config={"lr": 0.001, "model": "mlp"}, model_spec={"name": "mlp", "layers": []},
-                      dataset={"name": "toy", "n": 5}, P=P, seed=seed)
+    return Run.create(
+        store,
+        run_id,
+        config={"lr": 0.001, "model": "mlp"},
+        model_spec={"name": "mlp", "layers": []},
+        dataset={"name": "toy", "n": 5},
+        P=P,
+        seed=seed,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_tensors_round_trip_bitwise(tmp_path: Path, dtype: torch.dtype) -> None:
     run = make_run(tmp_path)
     gen = torch.Generator().manual_seed(0)
-    state = {"layer.weight": (torch.randn(17, 9, generator=gen) * 1e3).to(dtype),
-             "layer.bias": torch.randn(17, generator=gen).to(dtype),
-             "special": torch.tensor([float("inf"), float("-inf"), 0.0, -0.0, 1e-8], dtype=dtype)}
+    state = {
+        "layer.weight": (torch.randn(17, 9, generator=gen) * 1e3).to(dtype),
+        "layer.bias": torch.randn(17, generator=gen).to(dtype),
+        "special": torch.tensor([float("inf"), float("-inf"), 0.0, -0.0, 1e-8], dtype=dtype),
+    }
     run.append_checkpoint(state, step=0, epoch=0.0)
     back = run.load_state_dict(0)
     assert list(back) == list(state)
     for k, v in state.items():
         assert back[k].dtype == dtype
-        assert torch.equal(back[k].view(torch.int16 if dtype != torch.float32 else torch.int32),
-                           v.view(torch.int16 if dtype != torch.float32 else torch.int32))
+        assert torch.equal(
+            back[k].view(torch.int16 if dtype != torch.float32 else torch.int32),
+            v.view(torch.int16 if dtype != torch.float32 else torch.int32),
+        )
         assert torch.equal(run.checkpoint(0).get(k).view(torch.uint8), v.contiguous().view(torch.uint8))
 
 
 def test_metadata_and_metrics_preserved(tmp_path: Path) -> None:
     run = make_run(tmp_path)
-    run.append_checkpoint({"w": torch.ones(2)}, step=0, epoch=0.0, samples_seen=0,
-                          metrics={"test_error": 0.5, "train_loss": 1.25})
-    run.append_checkpoint({"w": torch.ones(2) * 2}, step=117, epoch=3.0, samples_seen=468,
-                          metrics={"test_error": 0.25, "train_error": 0.125, "lam": 7.5})
+    run.append_checkpoint(
+        {"w": torch.ones(2)}, step=0, epoch=0.0, samples_seen=0, metrics={"test_error": 0.5, "train_loss": 1.25}
+    )
+    run.append_checkpoint(
+        {"w": torch.ones(2) * 2},
+        step=117,
+        epoch=3.0,
+        samples_seen=468,
+        metrics={"test_error": 0.25, "train_error": 0.125, "lam": 7.5},
+    )
     table = run.checkpoints()
     assert table["step"].tolist() == [0, 117]
     assert table["epoch"].tolist() == [0.0, 3.0]
@@ -98,8 +116,14 @@ def test_measures_aligned_with_provenance(tmp_path: Path) -> None:
     for s in (0, 1, 2):
         run.append_checkpoint({"w": torch.full((2,), float(s))}, step=s, epoch=float(s))
     sha = run.checkpoints()["sha256"].tolist()
-    rec = MeasureRecord(np.array([1.0, np.nan, 3.0]), plugin="normdyn.plugins.x", version="2",
-                        params={"bias": False}, sha256=[sha[0], "", sha[2]], errors={1: "NaN weights"})
+    rec = MeasureRecord(
+        np.array([1.0, np.nan, 3.0]),
+        plugin="normdyn.plugins.x",
+        version="2",
+        params={"bias": False},
+        sha256=[sha[0], "", sha[2]],
+        errors={1: "NaN weights"},
+    )
     run.write_measure("frobenius", rec)
     back = run.read_measure("frobenius")
     assert back is not None

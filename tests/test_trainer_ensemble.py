@@ -1,4 +1,5 @@
 """Seed ensembles: equal to separate runs, same store format, resumable, refused where they cannot match."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -60,11 +61,25 @@ def pixels_plugin():
 MODEL_PARAMS = {"mlp": {"widths": [12, 12]}, "cnn": {"conv_channels": [3, 4], "hidden": [8], "dropout": 0.0}}
 
 
-def configs(store: Path, *, model: str = "mlp", optimizer: str = "adam", seeds: tuple[int, ...] = (0, 1, 2),
-            **changes: Any) -> list[TrainConfig]:
-    base = TrainConfig(model=model, dataset="pixels", P=50, epochs=6, schedule="log:3", batch_size=16,
-                       optimizer=optimizer, lr=1e-2, weight_decay=1e-3, model_params=MODEL_PARAMS[model],
-                       store=str(store), data_root=None, device="cpu", ensemble=True)
+def configs(
+    store: Path, *, model: str = "mlp", optimizer: str = "adam", seeds: tuple[int, ...] = (0, 1, 2), **changes: Any
+) -> list[TrainConfig]:
+    base = TrainConfig(
+        model=model,
+        dataset="pixels",
+        P=50,
+        epochs=6,
+        schedule="log:3",
+        batch_size=16,
+        optimizer=optimizer,
+        lr=1e-2,
+        weight_decay=1e-3,
+        model_params=MODEL_PARAMS[model],
+        store=str(store),
+        data_root=None,
+        device="cpu",
+        ensemble=True,
+    )
     return [replace(base, seed=s, **changes) for s in seeds]
 
 
@@ -156,8 +171,11 @@ def test_seeds_left_at_different_steps_resume_in_groups(tmp_path: Path, monkeypa
     monkeypatch.undo()
     calls: list[list[int]] = []
     real = ensemble_module.train_ensemble
-    monkeypatch.setattr(ensemble_module, "train_ensemble",
-                        lambda group, progress: calls.append([c.seed for c in group]) or real(group, progress=progress))
+    monkeypatch.setattr(
+        ensemble_module,
+        "train_ensemble",
+        lambda group, progress: calls.append([c.seed for c in group]) or real(group, progress=progress),
+    )
     results = train_ensemble_or_resume(configs(tmp_path / "cut"), progress=False)
     assert calls == [[1, 2]]  # seed 0 continued alone in the separate loop
     assert [action for _, action in results] == ["resumed"] * 3
@@ -181,8 +199,11 @@ def test_an_ensemble_run_continues_alone_with_train_resume(tmp_path: Path, monke
 
 def test_models_that_cannot_match_separate_runs_are_refused(tmp_path: Path) -> None:
     members = configs(tmp_path, model="cnn", model_params={**MODEL_PARAMS["cnn"], "dropout": 0.2})
-    with pytest.raises(ConfigError, match=r"model 'cnn' cannot be trained as an ensemble: it has dropout "
-                                          r"'classifier.2' \(p=0.2\)\. Ensembles support models without"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model 'cnn' cannot be trained as an ensemble: it has dropout "
+        r"'classifier.2' \(p=0.2\)\. Ensembles support models without",
+    ):
         train_ensemble(members, progress=False)
     assert not (tmp_path / members[0].run_id()).exists()
     with pytest.raises(ConfigError, match="ensemble members must differ in seed only; .* also differs in lr"):

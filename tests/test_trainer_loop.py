@@ -1,6 +1,7 @@
 """The training loop: exact schedule points, metrics that match an
 independent evaluation, nested P subsets, bitwise resume, binary/exact
 objectives, init factor, and clear errors on bad input before training."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,7 @@ class TinyBinary:
         g = torch.Generator().manual_seed(7)
         x = torch.randn(40, 5, generator=g)
         y = (x[:, 0] > 0).long()
-        return DatasetTensors(x, y, x[:0], y[:0], num_classes=2, input_shape=(5,),
-                              exact_test_error=lambda model: 0.25)
+        return DatasetTensors(x, y, x[:0], y[:0], num_classes=2, input_shape=(5,), exact_test_error=lambda model: 0.25)
 
 
 class OneLogit:
@@ -60,9 +60,14 @@ class OneLogit:
     name = "one_logit"
 
     def spec(self, *, input_shape: tuple[int, ...], num_classes: int, **params: Any) -> dict[str, Any]:
-        return {"name": self.name, "input_shape": list(input_shape), "num_classes": num_classes,
-                "layers": [{"name": "0", "kind": "linear", "weight": "0.weight", "bias": None,
-                            "in_channels": input_shape[0]}]}
+        return {
+            "name": self.name,
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "layers": [
+                {"name": "0", "kind": "linear", "weight": "0.weight", "bias": None, "in_channels": input_shape[0]}
+            ],
+        }
 
     def build(self, spec: dict[str, Any]) -> nn.Module:
         return nn.Sequential(nn.Linear(spec["input_shape"][0], 1, bias=False))
@@ -92,8 +97,19 @@ def tiny_plugin():
 
 
 def _config(tmp_path: Path, **kw: Any) -> TrainConfig:
-    base = dict(model="mlp", dataset="tiny", P=40, seed=3, epochs=12, schedule="log:5", batch_size=16,
-                model_params={"widths": [8]}, store=str(tmp_path / "store"), data_root=None, device="cpu")
+    base = dict(
+        model="mlp",
+        dataset="tiny",
+        P=40,
+        seed=3,
+        epochs=12,
+        schedule="log:5",
+        batch_size=16,
+        model_params={"widths": [8]},
+        store=str(tmp_path / "store"),
+        data_root=None,
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -109,7 +125,8 @@ def test_schedule_points_are_saved_exactly(tmp_path: Path) -> None:
     assert table["samples_seen"].tolist() == [e * 40 for e in epochs]
     assert run.status == "complete"
     assert sorted(p.name for p in (run.path / "ckpt").iterdir()) == [
-        f"step-{e * per_epoch:010d}.safetensors" for e in epochs]
+        f"step-{e * per_epoch:010d}.safetensors" for e in epochs
+    ]
 
 
 def test_metrics_match_an_independent_evaluation(tmp_path: Path) -> None:
@@ -124,7 +141,9 @@ def test_metrics_match_an_independent_evaluation(tmp_path: Path) -> None:
         model.eval()
         with torch.no_grad():
             out_train, out_test = model(data.x_train[idx]), model(data.x_test)
-        assert table["train_error"][i] == pytest.approx((out_train.argmax(1) != data.y_train[idx]).float().mean().item())
+        assert table["train_error"][i] == pytest.approx(
+            (out_train.argmax(1) != data.y_train[idx]).float().mean().item()
+        )
         assert table["train_loss"][i] == pytest.approx(F.cross_entropy(out_train, data.y_train[idx]).item(), rel=1e-5)
         assert table["test_error"][i] == pytest.approx((out_test.argmax(1) != data.y_test).float().mean().item())
         assert table["test_loss"][i] == pytest.approx(F.cross_entropy(out_test, data.y_test).item(), rel=1e-5)
@@ -148,8 +167,16 @@ def _final_weights(run: Run) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("status_after_crash", ["failed", "running"])
 def test_resume_is_bitwise_equal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status_after_crash: str) -> None:
     # dropout (global RNG), batches that do not divide P, points in mid-epoch (steps schedule)
-    kw = dict(model="cnn", steps=14, epochs=None, schedule="linear:3", batch_size=6, P=20, optimizer="adam",
-              model_params={"conv_channels": [2, 4], "hidden": [8], "dropout": 0.5})
+    kw = dict(
+        model="cnn",
+        steps=14,
+        epochs=None,
+        schedule="linear:3",
+        batch_size=6,
+        P=20,
+        optimizer="adam",
+        model_params={"conv_channels": [2, 4], "hidden": [8], "dropout": 0.5},
+    )
     whole = train(_config(tmp_path / "a", **kw), progress=False)
 
     calls = {"n": 0}
@@ -189,9 +216,22 @@ def test_resume_of_a_complete_run_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_single_logit_uses_bce_and_exact_test_error(tmp_path: Path) -> None:
-    run = train(_config(tmp_path, model="one_logit", dataset="tiny_binary", P=40, model_params={},
-                        batch_size="full", optimizer="sgd", momentum=0.0, lr=0.5, epochs=4, schedule="log:2"),
-                progress=False)
+    run = train(
+        _config(
+            tmp_path,
+            model="one_logit",
+            dataset="tiny_binary",
+            P=40,
+            model_params={},
+            batch_size="full",
+            optimizer="sgd",
+            momentum=0.0,
+            lr=0.5,
+            epochs=4,
+            schedule="log:2",
+        ),
+        progress=False,
+    )
     table = run.checkpoints()
     data = TinyBinary().load()
     idx = subset_indices(40, 40, 3)
@@ -199,7 +239,8 @@ def test_single_logit_uses_bce_and_exact_test_error(tmp_path: Path) -> None:
     logit = (data.x_train[idx] @ w.T).reshape(-1)
     y = data.y_train[idx]
     assert table["train_loss"][-1] == pytest.approx(
-        F.binary_cross_entropy_with_logits(logit, y.float()).item(), rel=1e-5)
+        F.binary_cross_entropy_with_logits(logit, y.float()).item(), rel=1e-5
+    )
     assert table["train_error"][-1] == pytest.approx(((logit > 0).long() != y).float().mean().item())
     assert table["test_error"].tolist() == [0.25, 0.25, 0.25]
     assert np.isnan(table["test_loss"]).all()
@@ -209,8 +250,14 @@ def test_init_factor_scales_every_weight_matrix_including_attention_in_proj(tmp_
     kw = dict(model="vit", model_params={"patch": 3, "dim": 8, "depth": 1, "heads": 2}, epochs=1, schedule="log:1")
     plain = prepare(_config(tmp_path, **kw)).model.state_dict()
     scaled = prepare(_config(tmp_path, init_factor=0.5, **kw)).model.state_dict()
-    matrices = {"patch_embed.weight", "blocks.0.attn.in_proj_weight", "blocks.0.attn.out_proj.weight",
-                "blocks.0.mlp.0.weight", "blocks.0.mlp.2.weight", "head.weight"}
+    matrices = {
+        "patch_embed.weight",
+        "blocks.0.attn.in_proj_weight",
+        "blocks.0.attn.out_proj.weight",
+        "blocks.0.mlp.0.weight",
+        "blocks.0.mlp.2.weight",
+        "head.weight",
+    }
     for key, value in plain.items():
         expected = value * 0.5 if key in matrices else value
         assert torch.equal(scaled[key], expected), key
@@ -240,8 +287,7 @@ def test_run_stores_config_specs_and_a_deterministic_id(tmp_path: Path) -> None:
         ({"batch_size": "half"}, ConfigError, "batch_size='half'"),
     ],
 )
-def test_bad_input_fails_before_training(tmp_path: Path, changes: dict[str, Any], error: type,
-                                         message: str) -> None:
+def test_bad_input_fails_before_training(tmp_path: Path, changes: dict[str, Any], error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         train(_config(tmp_path, **changes), progress=False)
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
@@ -249,8 +295,26 @@ def test_bad_input_fails_before_training(tmp_path: Path, changes: dict[str, Any]
 
 def test_cli_train_prints_the_run_directory_and_resume_rejects_new_values(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    args = ["train", "--model", "mlp", "--dataset", "tiny", "--P", "16", "--seed", "1", "--epochs", "2",
-            "--schedule", "log:2", "--store", str(store), "--device", "cpu", "--quiet"]
+    args = [
+        "train",
+        "--model",
+        "mlp",
+        "--dataset",
+        "tiny",
+        "--P",
+        "16",
+        "--seed",
+        "1",
+        "--epochs",
+        "2",
+        "--schedule",
+        "log:2",
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     (run_dir,) = store.iterdir()

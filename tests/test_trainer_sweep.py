@@ -1,4 +1,5 @@
 """Sweeps: grid expansion, skip/resume on re-run, CLI output, example configs."""
+
 from __future__ import annotations
 
 import pickle
@@ -71,21 +72,27 @@ seed = [0, 1]
 
 
 def test_grid_is_the_product_of_the_axes_in_file_order() -> None:
-    doc = {"train": {"model": "mlp", "dataset": "blobs", "epochs": 2, "schedule": "log:2"},
-           "sweep": {"P": [8, 16], "lr": [0.1, 0.01], "model_params.widths": [[3], [5]]}}
+    doc = {
+        "train": {"model": "mlp", "dataset": "blobs", "epochs": 2, "schedule": "log:2"},
+        "sweep": {"P": [8, 16], "lr": [0.1, 0.01], "model_params.widths": [[3], [5]]},
+    }
     configs = expand_grid(doc)
     assert [(c.P, c.lr, c.model_params["widths"]) for c in configs] == [
-        (P, lr, w) for P in (8, 16) for lr in (0.1, 0.01) for w in ([3], [5])]
+        (P, lr, w) for P in (8, 16) for lr in (0.1, 0.01) for w in ([3], [5])
+    ]
     assert len({c.run_id() for c in configs}) == 8
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    ({"train": {"epochs": 2}, "sweep": {"P": 8}}, "sweep axis 'P' must be a non-empty list, got 8"),
-    ({"train": {"epochs": 2}, "sweep": {"rate": [1]}}, "unknown config key\\(s\\) rate"),
-    ({"train": {"epochs": 2}, "grid": {}}, "unknown table\\(s\\) grid"),
-    ({"train": {"epochs": 2, "schedule": "log:2", "model": "nope"}, "sweep": {"P": [8]}}, "unknown model 'nope'"),
-    ({"train": {"epochs": 2, "schedule": "log:2"}, "sweep": {"seed": [1, 1]}}, "repeats a configuration"),
-])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"train": {"epochs": 2}, "sweep": {"P": 8}}, "sweep axis 'P' must be a non-empty list, got 8"),
+        ({"train": {"epochs": 2}, "sweep": {"rate": [1]}}, "unknown config key\\(s\\) rate"),
+        ({"train": {"epochs": 2}, "grid": {}}, "unknown table\\(s\\) grid"),
+        ({"train": {"epochs": 2, "schedule": "log:2", "model": "nope"}, "sweep": {"P": [8]}}, "unknown model 'nope'"),
+        ({"train": {"epochs": 2, "schedule": "log:2"}, "sweep": {"seed": [1, 1]}}, "repeats a configuration"),
+    ],
+)
 def test_bad_sweep_files_fail_before_any_run(doc: dict, message: str) -> None:
     with pytest.raises(Exception, match=message):
         expand_grid(doc, source="s.toml")
@@ -136,8 +143,9 @@ def read_toml_text(tmp_path: Path, text: str) -> dict[str, Any]:
     return read_toml(path)
 
 
-@pytest.mark.parametrize("name", ["cnn_mnist", "cnn_cifar10", "resnet_cifar10", "vit_cifar10", "mnist1d_sweep",
-                                  "perceptron_sweep"])
+@pytest.mark.parametrize(
+    "name", ["cnn_mnist", "cnn_cifar10", "resnet_cifar10", "vit_cifar10", "mnist1d_sweep", "perceptron_sweep"]
+)
 def test_example_configs_expand(name: str) -> None:
     configs = expand_grid(read_toml(EXAMPLES / f"{name}.toml"), source=name)
     assert len(configs) >= 5 and all(c.schedule == "log:50" for c in configs)

@@ -1,4 +1,5 @@
 """CLI commands ``normdyn train`` and ``normdyn sweep`` (a built-in plugin)."""
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,24 @@ from normdyn.trainer.loop import resume, train
 from normdyn.trainer.sweep import expand_grid, run_sweep
 
 # CLI option -> TrainConfig field, for the options that set a config value
-_FIELDS = ("model", "dataset", "P", "seed", "epochs", "steps", "schedule", "store", "lr", "optimizer",
-           "batch_size", "init_factor", "weight_decay", "momentum", "data_root", "device")
+_FIELDS = (
+    "model",
+    "dataset",
+    "P",
+    "seed",
+    "epochs",
+    "steps",
+    "schedule",
+    "store",
+    "lr",
+    "optimizer",
+    "batch_size",
+    "init_factor",
+    "weight_decay",
+    "momentum",
+    "data_root",
+    "device",
+)
 _RESUME_OVERRIDES = ("device", "data_root")
 
 
@@ -71,8 +88,10 @@ def train_cmd(config_file: str | None, resume_dir: str | None, download: bool, q
     if resume_dir is not None:
         fixed = sorted(set(given) - set(_RESUME_OVERRIDES)) + (["config"] if config_file else [])
         if fixed:
-            raise click.UsageError(f"--resume continues the stored config; only --device and --data-root may "
-                                   f"be given with it (got --{', --'.join(k.replace('_', '-') for k in fixed)})")
+            raise click.UsageError(
+                f"--resume continues the stored config; only --device and --data-root may "
+                f"be given with it (got --{', --'.join(k.replace('_', '-') for k in fixed)})"
+            )
         run = resume(resume_dir, device=given.get("device"), data_root=given.get("data_root"), progress=not quiet)
         click.echo(str(run.path))
         return
@@ -94,12 +113,22 @@ def train_cmd(config_file: str | None, resume_dir: str | None, download: bool, q
 @click.option("--store", required=True, help="Store directory for all runs of the sweep.")
 @click.option("--device", help="Override the device of every run (auto, cpu, cuda, cuda:N).")
 @click.option("--dry-run", is_flag=True, help="List the grid's runs and their status; train nothing.")
-@click.option("--ensemble", is_flag=True,
-              help="Train the seeds of each configuration together on one device (torch.func); same runs.")
+@click.option(
+    "--ensemble",
+    is_flag=True,
+    help="Train the seeds of each configuration together on one device (torch.func); same runs.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @executor_options
-def sweep_cmd(config_file: str, store: str, device: str | None, dry_run: bool, ensemble: bool, quiet: bool,
-              executor_opts: dict[str, Any]) -> None:
+def sweep_cmd(
+    config_file: str,
+    store: str,
+    device: str | None,
+    dry_run: bool,
+    ensemble: bool,
+    quiet: bool,
+    executor_opts: dict[str, Any],
+) -> None:
     """Run the grid of CONFIG_FILE ([train] + [sweep] tables) into one store.
 
     Complete runs are skipped and unfinished ones resumed, so running a sweep

@@ -1,15 +1,17 @@
 """The training configuration: one dataclass with commented defaults, read
 from keyword arguments, CLI options or a TOML file, validated before any data
 is loaded, and hashed into a deterministic run id."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from normdyn.core.errors import ConfigError, ScheduleError
 from normdyn.core.schedule import parse_schedule
@@ -32,44 +34,45 @@ RUN_ID_EXCLUDED = ("store", "data_root", "download", "device", "eval_batch_size"
 class TrainConfig:
     """Everything that defines one training run (defaults follow the paper's CNN-MNIST set-up)."""
 
-    model: str = "cnn"                 # model family name (normdyn plugins models)
-    dataset: str = "mnist"             # dataset name
-    P: int = 1000                      # number of training samples, drawn with the seed (nested across P)
-    seed: int = 0                      # seeds the P-subset, the initial weights, data order and dropout
-    epochs: int | None = None          # run length in epochs (set exactly one of epochs / steps)
-    steps: int | None = None           # run length in optimizer steps; the schedule then counts steps
-    schedule: str = "log:50"           # checkpoint points over epochs (or steps); 0 = initial weights
-    optimizer: str = "adam"            # adam | adamw | sgd
-    lr: float = 1e-3                   # learning rate (constant: the reference uses no schedule)
-    momentum: float = 0.9              # SGD momentum (sgd only; 0 = plain gradient descent)
-    weight_decay: float = 0.0          # L2 (adam, sgd) or decoupled (adamw) weight decay
-    batch_size: int | str = 128        # samples per step, or "full" for full-batch gradient descent
-    init_factor: float = 1.0           # multiplies every weight matrix at init (biases untouched)
-    model_params: dict[str, Any] = field(default_factory=dict)    # family parameters, e.g. preset, widths
+    model: str = "cnn"  # model family name (normdyn plugins models)
+    dataset: str = "mnist"  # dataset name
+    P: int = 1000  # number of training samples, drawn with the seed (nested across P)
+    seed: int = 0  # seeds the P-subset, the initial weights, data order and dropout
+    epochs: int | None = None  # run length in epochs (set exactly one of epochs / steps)
+    steps: int | None = None  # run length in optimizer steps; the schedule then counts steps
+    schedule: str = "log:50"  # checkpoint points over epochs (or steps); 0 = initial weights
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3  # learning rate (constant: the reference uses no schedule)
+    momentum: float = 0.9  # SGD momentum (sgd only; 0 = plain gradient descent)
+    weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw) weight decay
+    batch_size: int | str = 128  # samples per step, or "full" for full-batch gradient descent
+    init_factor: float = 1.0  # multiplies every weight matrix at init (biases untouched)
+    model_params: dict[str, Any] = field(default_factory=dict)  # family parameters, e.g. preset, widths
     dataset_params: dict[str, Any] = field(default_factory=dict)  # dataset parameters, e.g. N for teacher
-    store: str = "runs"                # store directory the run is written into
-    data_root: str | None = "data"     # where datasets live (torchvision layout)
-    download: bool = False             # let torchvision download an absent dataset
-    device: str = "auto"               # auto (cuda when available) | cpu | cuda | cuda:N
+    store: str = "runs"  # store directory the run is written into
+    data_root: str | None = "data"  # where datasets live (torchvision layout)
+    download: bool = False  # let torchvision download an absent dataset
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     eval_batch_size: int | None = None  # samples per forward pass of the checkpoint evaluations; None: 128 on
-                                        # the CPU (cache-sized chunks ran 25 % faster), 2048 elsewhere
-    ensemble: bool = False             # sweeps: train the seeds of one config together (torch.func)
+    # the CPU (cache-sized chunks ran 25 % faster), 2048 elsewhere
+    ensemble: bool = False  # sweeps: train the seeds of one config together (torch.func)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> "TrainConfig":
+    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
         """A config from a dict; unknown keys are an error naming them and ``source``."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown config key(s) {', '.join(unknown)}; "
-                              f"known keys: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{source}: unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+            )
         return cls(**dict(values))
 
     def total(self) -> int:
         """The run length T in the schedule's unit (epochs or steps)."""
         return int(self.epochs if self.epochs is not None else self.steps)  # type: ignore[arg-type]
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every value that can be checked without data; return self."""
         if (self.epochs is None) == (self.steps is None):
             raise ConfigError("set exactly one of epochs and steps (--epochs INT or --steps INT)")
@@ -91,8 +94,9 @@ class TrainConfig:
             raise ConfigError(f"weight_decay={self.weight_decay!r}: must be >= 0")
         if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum={self.momentum!r}: must be in [0, 1)")
-        if self.batch_size != "full" and (not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool)
-                                          or self.batch_size < 1):
+        if self.batch_size != "full" and (
+            not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1
+        ):
             raise ConfigError(f"batch_size={self.batch_size!r}: must be a positive integer or 'full'")
         for key in ("model_params", "dataset_params"):
             if not isinstance(getattr(self, key), dict):

@@ -35,15 +35,17 @@ size).
 Models with BatchNorm or active dropout are refused: their running
 statistics and random masks could not match the separate runs.
 """
+
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,11 +57,28 @@ from normdyn.core.sampling import subset_indices
 from normdyn.core.store import INDEX, Run
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.loop import Position, current_rng, next_batch, read_resume, train_or_resume, write_resume
-from normdyn.trainer.setup import (EVAL_BATCH_OTHER, ORDER_SEED_OFFSET, Setting, build_model, load_data,
-                                   make_optimizer, new_model_spec, resolve_device, setting)
+from normdyn.trainer.setup import (
+    EVAL_BATCH_OTHER,
+    ORDER_SEED_OFFSET,
+    Setting,
+    build_model,
+    load_data,
+    make_optimizer,
+    new_model_spec,
+    resolve_device,
+    setting,
+)
 
-__all__ = ["Member", "Ensemble", "check_members", "prepare_ensemble", "ensemble_step", "evaluate_members",
-           "train_ensemble", "train_ensemble_or_resume"]
+__all__ = [
+    "Member",
+    "Ensemble",
+    "check_members",
+    "prepare_ensemble",
+    "ensemble_step",
+    "evaluate_members",
+    "train_ensemble",
+    "train_ensemble_or_resume",
+]
 
 
 @dataclass
@@ -104,8 +123,9 @@ def check_members(configs: list[TrainConfig]) -> None:
         other = {k: v for k, v in config.identity().items() if k != "seed"}
         differ = sorted(k for k in first if first[k] != other[k])
         if differ:
-            raise ConfigError(f"ensemble members must differ in seed only; {config.run_id()} also differs in "
-                              f"{', '.join(differ)}")
+            raise ConfigError(
+                f"ensemble members must differ in seed only; {config.run_id()} also differs in {', '.join(differ)}"
+            )
     seeds = [c.seed for c in configs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"ensemble seeds repeat: {seeds}")
@@ -122,20 +142,31 @@ def _refuse_unstackable(model: nn.Module, name: str) -> None:
             why = f"attention dropout {mod_name!r} (p={module.dropout})"
         else:
             continue
-        raise ConfigError(f"model {name!r} cannot be trained as an ensemble: it has {why}. Ensembles support "
-                          f"models without BatchNorm or dropout (mlp, cnn1d, perceptron, vit, cnn with "
-                          f"dropout = 0, e.g. its standard preset); train these seeds without --ensemble")
+        raise ConfigError(
+            f"model {name!r} cannot be trained as an ensemble: it has {why}. Ensembles support "
+            f"models without BatchNorm or dropout (mlp, cnn1d, perceptron, vit, cnn with "
+            f"dropout = 0, e.g. its standard preset); train these seeds without --ensemble"
+        )
 
 
 def _open_member(config: TrainConfig, spec: dict[str, Any], data_spec: dict[str, Any]) -> tuple[Run, str]:
     path = Path(config.store) / config.run_id()
     if not (path / INDEX).exists():
-        return Run.create(config.store, config.run_id(), config=asdict(config), model_spec=spec,
-                          dataset=data_spec, P=config.P, seed=config.seed), "trained"
+        return Run.create(
+            config.store,
+            config.run_id(),
+            config=asdict(config),
+            model_spec=spec,
+            dataset=data_spec,
+            P=config.P,
+            seed=config.seed,
+        ), "trained"
     run = Run(path)
     if json.dumps(run.model_spec, sort_keys=True) != json.dumps(spec, sort_keys=True):
-        raise ConfigError(f"{path}: its stored model_spec differs from the one built now; continue it alone "
-                          f"with `normdyn train --resume {path}`")
+        raise ConfigError(
+            f"{path}: its stored model_spec differs from the one built now; continue it alone "
+            f"with `normdyn train --resume {path}`"
+        )
     return run, "resumed"
 
 
@@ -173,21 +204,31 @@ def prepare_ensemble(configs: list[TrainConfig]) -> Ensemble:
             order.set_state(point.order_state)
             rng, at = point.rng, point.at
             run.set_status("running")
-        ensemble_members.append(Member(config, run, action, at, order, rng,
-                                       {int(s) for s in run.checkpoints()["step"]}))
+        ensemble_members.append(
+            Member(config, run, action, at, order, rng, {int(s) for s in run.checkpoints()["step"]})
+        )
         subsets.append(idx)
     if len({m.at.step for m in ensemble_members}) != 1:
-        raise StoreError("ensemble runs resume from different steps: "
-                         + ", ".join(f"{m.run.run_id} at {m.at.step}" for m in ensemble_members))
+        raise StoreError(
+            "ensemble runs resume from different steps: "
+            + ", ".join(f"{m.run.run_id} at {m.at.step}" for m in ensemble_members)
+        )
     params, buffers = stack_module_state(modules)
     optimizer = make_optimizer(c0, list(params.values()), fused=True)
     # Seeds continuing from step > 0 all have a saved state; at step 0 a saved state is still empty.
     if len(saved_optimizers) == len(ensemble_members):
         optimizer.load_state_dict(_stack_optimizer_states(saved_optimizers))
     return Ensemble(
-        **shared.shared(), members=ensemble_members, base=copy.deepcopy(modules[0]).to("meta"),
-        state_keys=list(modules[0].state_dict()), template=modules[0], params=params, buffers=buffers,
-        optimizer=optimizer, x_all=data.x_train.to(device), y_all=data.y_train.to(device),
+        **shared.shared(),
+        members=ensemble_members,
+        base=copy.deepcopy(modules[0]).to("meta"),
+        state_keys=list(modules[0].state_dict()),
+        template=modules[0],
+        params=params,
+        buffers=buffers,
+        optimizer=optimizer,
+        x_all=data.x_train.to(device),
+        y_all=data.y_train.to(device),
         subsets=torch.stack(subsets).to(device),
     )
 
@@ -292,25 +333,34 @@ def evaluate_members(e: Ensemble) -> list[dict[str, float]]:
     bs = max(1, (e.members[0].config.eval_batch_size or EVAL_BATCH_OTHER) // S)
     e.base.eval()
     with torch.no_grad():
-        train = [torch.zeros(S, dtype=torch.float64, device=e.device), torch.zeros(S, dtype=torch.int64, device=e.device)]
+        train = [
+            torch.zeros(S, dtype=torch.float64, device=e.device),
+            torch.zeros(S, dtype=torch.int64, device=e.device),
+        ]
         for start in range(0, P, bs):
-            gidx = e.subsets[:, start:start + bs]
+            gidx = e.subsets[:, start : start + bs]
             loss, errors = _per_seed_sums(e, e.x_all[gidx], e.y_all[gidx], shared=False)
             train[0] += loss
             train[1] += errors
         n_test = int(e.x_test.shape[0])
-        test = [torch.zeros(S, dtype=torch.float64, device=e.device), torch.zeros(S, dtype=torch.int64, device=e.device)]
+        test = [
+            torch.zeros(S, dtype=torch.float64, device=e.device),
+            torch.zeros(S, dtype=torch.int64, device=e.device),
+        ]
         for start in range(0, n_test, bs):
-            loss, errors = _per_seed_sums(e, e.x_test[start:start + bs], e.y_test[start:start + bs], shared=True)
+            loss, errors = _per_seed_sums(e, e.x_test[start : start + bs], e.y_test[start : start + bs], shared=True)
             test[0] += loss
             test[1] += errors
     e.base.train()
     nan = float("nan")
     out = []
     for s in range(S):
-        metrics = {"train_error": int(train[1][s]) / P, "train_loss": float(train[0][s]) / P,
-                   "test_error": int(test[1][s]) / n_test if n_test else nan,
-                   "test_loss": float(test[0][s]) / n_test if n_test else nan}
+        metrics = {
+            "train_error": int(train[1][s]) / P,
+            "train_loss": float(train[0][s]) / P,
+            "test_error": int(test[1][s]) / n_test if n_test else nan,
+            "test_loss": float(test[0][s]) / n_test if n_test else nan,
+        }
         if e.exact_test_error is not None:
             e.template.load_state_dict(member_state_dict(e, s))
             e.template.eval()
@@ -359,8 +409,13 @@ def _snapshot_point(e: Ensemble) -> Callable[[], None]:
     def write() -> None:
         for p in points:
             if p.weights is not None:
-                p.member.run.append_checkpoint(p.weights, step=step, epoch=step / e.batches_per_epoch,
-                                               samples_seen=p.at.samples_seen, metrics=p.metrics)
+                p.member.run.append_checkpoint(
+                    p.weights,
+                    step=step,
+                    epoch=step / e.batches_per_epoch,
+                    samples_seen=p.at.samples_seen,
+                    metrics=p.metrics,
+                )
             if p.optimizer_state is not None:
                 write_resume(p.member.run, p.at, p.order, p.optimizer_state, p.member.rng)
 
@@ -390,7 +445,7 @@ class _PointWriter:
         if pending is not None:
             pending.result()
 
-    def __enter__(self) -> "_PointWriter":
+    def __enter__(self) -> _PointWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -406,8 +461,15 @@ def train_ensemble(configs: list[TrainConfig], *, progress: bool = True) -> list
     e = prepare_ensemble(configs)
     points = {p for p in e.points if p >= e.members[0].at.step}
     desc = f"ensemble {configs[0].model}-{configs[0].dataset}-P{configs[0].P} x{len(configs)}"
-    bar = tqdm(total=e.total_steps, initial=e.members[0].at.step, desc=desc, unit="step", disable=not progress,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=e.total_steps,
+        initial=e.members[0].at.step,
+        desc=desc,
+        unit="step",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     try:
         with _PointWriter() as writer:
             if e.members[0].at.step in points:

@@ -9,6 +9,7 @@ the resume state is saved. The checkpoint is written first, so a run killed
 at any moment resumes from a point whose weights are on disk; points that are
 already in the index are not written again.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -25,8 +26,20 @@ from normdyn.trainer.objective import evaluate
 from normdyn.trainer.resume_state import pack_optimizer, unpack_optimizer
 from normdyn.trainer.setup import ORDER_SEED_OFFSET, Training, eval_batch_size, prepare
 
-__all__ = ["train", "resume", "train_or_resume", "measure_point", "train_step", "save_point", "Position",
-           "ResumePoint", "current_rng", "write_resume", "read_resume", "next_batch"]
+__all__ = [
+    "train",
+    "resume",
+    "train_or_resume",
+    "measure_point",
+    "train_step",
+    "save_point",
+    "Position",
+    "ResumePoint",
+    "current_rng",
+    "write_resume",
+    "read_resume",
+    "next_batch",
+]
 
 
 @dataclass
@@ -74,16 +87,16 @@ def current_rng(device: torch.device) -> dict[str, torch.Tensor]:
     return rng
 
 
-def write_resume(run: Run, at: Position, order: torch.Generator, optimizer_state: dict[str, Any],
-                 rng: dict[str, torch.Tensor]) -> None:
+def write_resume(
+    run: Run, at: Position, order: torch.Generator, optimizer_state: dict[str, Any], rng: dict[str, torch.Tensor]
+) -> None:
     """Save the resume state of ``run`` at position ``at`` (the checkpoint of ``at.step`` holds the weights)."""
     tensors, optim_meta = pack_optimizer(optimizer_state)
     tensors.update(rng)
     tensors["rng.order"] = order.get_state()
     if at.perm is not None:
         tensors["order.perm"] = at.perm
-    run.save_resume(tensors, {"step": at.step, "samples_seen": at.samples_seen, "pos": at.pos,
-                              "optimizer": optim_meta})
+    run.save_resume(tensors, {"step": at.step, "samples_seen": at.samples_seen, "pos": at.pos, "optimizer": optim_meta})
 
 
 def read_resume(run: Run, device: torch.device) -> ResumePoint | None:
@@ -94,13 +107,20 @@ def read_resume(run: Run, device: torch.device) -> ResumePoint | None:
     tensors, meta = saved
     steps = [int(s) for s in run.checkpoints()["step"]]
     if meta["step"] not in steps:
-        raise StoreError(f"{run.path}: the resume state is at step {meta['step']} but the index has no such "
-                         f"checkpoint; run `normdyn store fsck --repair` on the store")
+        raise StoreError(
+            f"{run.path}: the resume state is at step {meta['step']} but the index has no such "
+            f"checkpoint; run `normdyn store fsck --repair` on the store"
+        )
     perm = tensors["order.perm"].to(device) if "order.perm" in tensors else None
     at = Position(step=int(meta["step"]), samples_seen=int(meta["samples_seen"]), perm=perm, pos=int(meta["pos"]))
     rng = {k: tensors[k].clone() for k in ("rng.torch", "rng.cuda") if k in tensors}
-    return ResumePoint(at, run.load_state_dict(steps.index(meta["step"])),
-                       unpack_optimizer(tensors, meta["optimizer"]), tensors["rng.order"].clone(), rng)
+    return ResumePoint(
+        at,
+        run.load_state_dict(steps.index(meta["step"])),
+        unpack_optimizer(tensors, meta["optimizer"]),
+        tensors["rng.order"].clone(),
+        rng,
+    )
 
 
 def _save_resume(t: Training, run: Run, at: Position, order: torch.Generator) -> None:
@@ -133,7 +153,7 @@ def next_batch(at: Position, P: int, B: int, order: torch.Generator, device: tor
     else:
         if at.perm is None:
             at.perm, at.pos = torch.randperm(P, generator=order).to(device), 0
-        idx = at.perm[at.pos:at.pos + B]
+        idx = at.perm[at.pos : at.pos + B]
         at.pos += B
     if at.pos >= P:
         at.perm, at.pos = None, 0
@@ -154,8 +174,13 @@ def train_step(t: Training, at: Position, order: torch.Generator) -> None:
 def save_point(t: Training, run: Run, at: Position, order: torch.Generator, stored: set[int]) -> None:
     """Checkpoint with metrics (unless ``stored`` has the step already), then the resume state."""
     if at.step not in stored:
-        run.append_checkpoint(t.model.state_dict(), step=at.step, epoch=at.step / t.batches_per_epoch,
-                              samples_seen=at.samples_seen, metrics=measure_point(t))
+        run.append_checkpoint(
+            t.model.state_dict(),
+            step=at.step,
+            epoch=at.step / t.batches_per_epoch,
+            samples_seen=at.samples_seen,
+            metrics=measure_point(t),
+        )
         stored.add(at.step)
     if at.step < t.total_steps:  # the last point needs no resume state
         _save_resume(t, run, at, order)
@@ -167,8 +192,15 @@ def _loop(t: Training, run: Run, progress: bool) -> None:
     stored = {int(s) for s in run.checkpoints()["step"]}
     points = {p for p in t.points if p >= at.step}
     t.model.train()
-    bar = tqdm(total=t.total_steps, initial=at.step, desc=run.run_id, unit="step", disable=not progress,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=t.total_steps,
+        initial=at.step,
+        desc=run.run_id,
+        unit="step",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     try:
         if at.step in points:
             save_point(t, run, at, order, stored)
@@ -201,15 +233,25 @@ def train(config: TrainConfig, *, progress: bool = True) -> Run:
     run_id = config.run_id()
     path = Path(config.store) / run_id
     if (path / INDEX).exists():
-        raise StoreError(f"{path}: this run already exists (status {Run(path).status}); "
-                         f"continue it with `normdyn train --resume {path}`")
-    run = Run.create(config.store, run_id, config=asdict(config), model_spec=t.model_spec,
-                     dataset=t.dataset_spec, P=config.P, seed=config.seed)
+        raise StoreError(
+            f"{path}: this run already exists (status {Run(path).status}); "
+            f"continue it with `normdyn train --resume {path}`"
+        )
+    run = Run.create(
+        config.store,
+        run_id,
+        config=asdict(config),
+        model_spec=t.model_spec,
+        dataset=t.dataset_spec,
+        P=config.P,
+        seed=config.seed,
+    )
     return _execute(t, run, progress)
 
 
-def resume(run_dir: str | Path, *, device: str | None = None, data_root: str | None = None,
-           progress: bool = True) -> Run:
+def resume(
+    run_dir: str | Path, *, device: str | None = None, data_root: str | None = None, progress: bool = True
+) -> Run:
     """Continue the run in ``run_dir`` from its last resume point (a complete run is returned as is).
 
     On CPU the final weights equal those of an uninterrupted run, bit for bit.

@@ -6,6 +6,7 @@ log(1 + exp(-s z)) with s = 2y - 1 (the perceptron's logistic loss), and it
 errs where (logit > 0) != y. Any other model is a K-class classifier with
 cross-entropy loss and errs where argmax != y.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ def objective_for(model: nn.Module, example: torch.Tensor) -> Objective:
     return Objective(binary=width == 1)
 
 
-def evaluate(model: nn.Module, objective: Objective, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, objective: Objective, x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
     """(error fraction, mean loss) of ``model`` on all of ``x``, ``y``; NaN, NaN if empty.
 
     Runs in eval mode (BatchNorm uses running statistics, no dropout) under
@@ -62,8 +64,8 @@ def evaluate(model: nn.Module, objective: Objective, x: torch.Tensor, y: torch.T
         errors = torch.zeros((), dtype=torch.int64, device=x.device)
         loss = torch.zeros((), dtype=torch.float64, device=x.device)
         for start in range(0, n, batch_size):
-            out = model(x[start:start + batch_size])
-            yb = y[start:start + batch_size]
+            out = model(x[start : start + batch_size])
+            yb = y[start : start + batch_size]
             loss += objective.loss(out, yb, reduction="sum").double()
             errors += objective.errors(out, yb)
     model.train(was_training)

@@ -63,15 +63,17 @@ On a GPU a step's memory traffic takes well under a millisecond, so the
 fewest launches should win, hence ``blocked-bmm`` there; that choice is not
 measured yet (no GPU here): ``perceptron_bench.py --device cuda`` times both.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -81,8 +83,15 @@ from normdyn.core.sampling import subset_indices
 from normdyn.core.schedule import parse_schedule
 from normdyn.core.store import Run
 
-__all__ = ["PerceptronExperiment", "ExperimentSummary", "BatchedDescent", "KERNELS", "default_kernel",
-           "run_experiment", "run_id"]
+__all__ = [
+    "PerceptronExperiment",
+    "ExperimentSummary",
+    "BatchedDescent",
+    "KERNELS",
+    "default_kernel",
+    "run_experiment",
+    "run_id",
+]
 
 #: The block-product kernels of :class:`BatchedDescent` (module docstring).
 KERNELS = ("chunked-mv", "blocked-bmm")
@@ -94,20 +103,20 @@ CHUNK_BYTES = 4 << 20
 class PerceptronExperiment:
     """The grid and the optimiser of one perceptron experiment."""
 
-    N: int = 1000                                   # input dimension
+    N: int = 1000  # input dimension
     alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # loads alpha = P/N
-    seeds: tuple[int, ...] = (0, 1, 2)              # seeds: P-subset of the pool per run
-    inputs: str = "rademacher"                      # rademacher (the paper) | gaussian
-    teacher_seed: int = 0                           # one teacher and pool for the whole experiment
-    pool_factor: float = 2.0                        # pool size n_train = pool_factor * max P
-    steps: int = 20000                              # at most this many gradient steps per system
-    schedule: str = "log:60"                        # checkpoint steps (normdyn.core.schedule)
-    lr0: float = 0.01                               # first step size on v (small: the early norms are resolved)
-    lr_safety: float = 0.5                          # s in eta_k <= s |dv| / |dg|
-    max_rel_step: float = 0.05                      # rho in eta_k <= rho |v_k| / |g_k|
-    lam_stop: float = 6.0                           # stop a system once lambda >= lam_stop * alpha
-    n_test: int = 1000                              # test samples (the test loss; the test error is exact)
-    device: str = "cpu"                             # where the systems are trained (cpu | cuda | cuda:K)
+    seeds: tuple[int, ...] = (0, 1, 2)  # seeds: P-subset of the pool per run
+    inputs: str = "rademacher"  # rademacher (the paper) | gaussian
+    teacher_seed: int = 0  # one teacher and pool for the whole experiment
+    pool_factor: float = 2.0  # pool size n_train = pool_factor * max P
+    steps: int = 20000  # at most this many gradient steps per system
+    schedule: str = "log:60"  # checkpoint steps (normdyn.core.schedule)
+    lr0: float = 0.01  # first step size on v (small: the early norms are resolved)
+    lr_safety: float = 0.5  # s in eta_k <= s |dv| / |dg|
+    max_rel_step: float = 0.05  # rho in eta_k <= rho |v_k| / |g_k|
+    lam_stop: float = 6.0  # stop a system once lambda >= lam_stop * alpha
+    n_test: int = 1000  # test samples (the test loss; the test error is exact)
+    device: str = "cpu"  # where the systems are trained (cpu | cuda | cuda:K)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the config, e.g. {"mode": "quick"}
 
     def validate(self) -> None:
@@ -119,14 +128,18 @@ class PerceptronExperiment:
         if len(set(self.alphas)) != len(self.alphas) or len(set(self.seeds)) != len(self.seeds) or not self.seeds:
             raise ConfigError(f"alphas {list(self.alphas)} and seeds {list(self.seeds)} must be non-empty and distinct")
         if len({self.P(a) for a in self.alphas}) != len(self.alphas) or min(self.P(a) for a in self.alphas) < 1:
-            raise ConfigError(f"alphas {list(self.alphas)} give P = {[self.P(a) for a in self.alphas]} at N={self.N}: "
-                              f"each P must be >= 1 and distinct; use a larger N")
+            raise ConfigError(
+                f"alphas {list(self.alphas)} give P = {[self.P(a) for a in self.alphas]} at N={self.N}: "
+                f"each P must be >= 1 and distinct; use a larger N"
+            )
         if self.pool_factor < 1:
             raise ConfigError(f"pool_factor={self.pool_factor}: the pool must hold at least the largest P")
         if not (self.lr0 > 0 and 0 < self.lr_safety <= 1 and self.max_rel_step > 0 and self.lam_stop > 0):
-            raise ConfigError(f"lr0={self.lr0}, lr_safety={self.lr_safety}, max_rel_step={self.max_rel_step}, "
-                              f"lam_stop={self.lam_stop}: need lr0 > 0, 0 < lr_safety <= 1, max_rel_step > 0, "
-                              f"lam_stop > 0")
+            raise ConfigError(
+                f"lr0={self.lr0}, lr_safety={self.lr_safety}, max_rel_step={self.max_rel_step}, "
+                f"lam_stop={self.lam_stop}: need lr0 > 0, 0 < lr_safety <= 1, max_rel_step > 0, "
+                f"lam_stop > 0"
+            )
         parse_schedule(self.schedule, self.steps)
         try:
             device = torch.device(self.device)
@@ -135,8 +148,9 @@ class PerceptronExperiment:
         if device.type not in ("cpu", "cuda"):
             raise ConfigError(f"device={self.device!r}: use cpu, cuda or cuda:K")
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device={self.device!r}: CUDA is not available here (torch.cuda.is_available() is "
-                              f"False); use cpu")
+            raise ConfigError(
+                f"device={self.device!r}: CUDA is not available here (torch.cuda.is_available() is False); use cpu"
+            )
 
     def P(self, alpha: float) -> int:
         """The number of samples at load alpha: round(alpha N)."""
@@ -145,17 +159,39 @@ class PerceptronExperiment:
     def dataset_spec(self) -> dict[str, Any]:
         """The ``teacher`` dataset spec shared by every run."""
         n_train = int(math.ceil(self.pool_factor * max(self.P(a) for a in self.alphas)))
-        return {"name": "teacher", "N": self.N, "inputs": self.inputs, "n_train": n_train, "n_test": self.n_test,
-                "teacher_seed": self.teacher_seed}
+        return {
+            "name": "teacher",
+            "N": self.N,
+            "inputs": self.inputs,
+            "n_train": n_train,
+            "n_test": self.n_test,
+            "teacher_seed": self.teacher_seed,
+        }
 
     def run_config(self, P: int, seed: int) -> dict[str, Any]:
         """The stored training config of one run (P and seed included, as the trainer stores them)."""
-        return {"experiment": "perceptron", "model": "perceptron", "dataset": "teacher", "P": P, "seed": seed,
-                "N": self.N, "inputs": self.inputs, "teacher_seed": self.teacher_seed, "loss": "logistic",
-                "optimizer": "gd-adaptive-mm", "batch_size": "full", "lr0": self.lr0, "lr_safety": self.lr_safety,
-                "max_rel_step": self.max_rel_step,
-                "steps": self.steps, "schedule": self.schedule, "lam_stop": self.lam_stop, "init": "zero",
-                "device": self.device, **self.extra}
+        return {
+            "experiment": "perceptron",
+            "model": "perceptron",
+            "dataset": "teacher",
+            "P": P,
+            "seed": seed,
+            "N": self.N,
+            "inputs": self.inputs,
+            "teacher_seed": self.teacher_seed,
+            "loss": "logistic",
+            "optimizer": "gd-adaptive-mm",
+            "batch_size": "full",
+            "lr0": self.lr0,
+            "lr_safety": self.lr_safety,
+            "max_rel_step": self.max_rel_step,
+            "steps": self.steps,
+            "schedule": self.schedule,
+            "lam_stop": self.lam_stop,
+            "init": "zero",
+            "device": self.device,
+            **self.extra,
+        }
 
 
 @dataclass
@@ -188,8 +224,9 @@ class BatchedDescent:
     systems in ``moving``; the others keep V, eta and theta unchanged).
     """
 
-    def __init__(self, Z: torch.Tensor, P: Sequence[int], *, lr0: float, safety: float, rho: float,
-                 kernel: str) -> None:
+    def __init__(
+        self, Z: torch.Tensor, P: Sequence[int], *, lr0: float, safety: float, rho: float, kernel: str
+    ) -> None:
         if kernel not in KERNELS:
             raise ConfigError(f"kernel={kernel!r}: use one of {', '.join(KERNELS)}")
         S, P_max, N = Z.shape
@@ -200,8 +237,8 @@ class BatchedDescent:
         opts = {"dtype": Z.dtype, "device": Z.device}
         A = len(self.P)
         self.V = torch.zeros(S, A, N, **opts)
-        self.G = torch.zeros(S, A, N, **opts)       # sum_mu -y_mu x_mu sigma(-m_mu): P times the gradient
-        self.M = torch.zeros(S, A, P_max, **opts)   # margins y_mu v.x_mu; row mu valid for mu < P[a]
+        self.G = torch.zeros(S, A, N, **opts)  # sum_mu -y_mu x_mu sigma(-m_mu): P times the gradient
+        self.M = torch.zeros(S, A, P_max, **opts)  # margins y_mu v.x_mu; row mu valid for mu < P[a]
         self.eta = torch.full((S, A), lr0, **opts)
         self.theta = torch.full((S, A), math.inf, **opts)
         self.v_prev: torch.Tensor | None = None
@@ -271,9 +308,18 @@ class BatchedDescent:
         self.V = torch.where(moving.unsqueeze(-1), self.V - self.eta.unsqueeze(-1) * g, self.V)
 
 
-def _checkpoint(run: Run, step: int, v: torch.Tensor, m: torch.Tensor, y: torch.Tensor, lr: float,
-                module: torch.nn.Module, data: Any, test: tuple[torch.Tensor, torch.Tensor],
-                writer: ThreadPoolExecutor) -> Future[int]:
+def _checkpoint(
+    run: Run,
+    step: int,
+    v: torch.Tensor,
+    m: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    module: torch.nn.Module,
+    data: Any,
+    test: tuple[torch.Tensor, torch.Tensor],
+    writer: ThreadPoolExecutor,
+) -> Future[int]:
     """Metrics now (the shared module is not thread-safe), the store write in ``writer``.
 
     ``v`` is the system's weight vector on v's scale, ``m`` its P margins,
@@ -283,19 +329,36 @@ def _checkpoint(run: Run, step: int, v: torch.Tensor, m: torch.Tensor, y: torch.
     module.load_state_dict({"fc.weight": w})
     with torch.no_grad():
         test_logit = module(test[0]).flatten()
-        test_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(
-            test_logit, test[1])) if len(test_logit) else math.nan
+        test_loss = (
+            float(torch.nn.functional.binary_cross_entropy_with_logits(test_logit, test[1]))
+            if len(test_logit)
+            else math.nan
+        )
     logit = y * m  # y = +-1
-    metrics = {"train_error": float(((logit > 0) != (y > 0)).double().mean()),
-               "train_loss": float(torch.nn.functional.softplus(-m).mean()),
-               "test_error": data.exact_test_error(module), "test_loss": test_loss, "lr": lr}
-    return writer.submit(run.append_checkpoint, {"fc.weight": w}, step=step, epoch=float(step),
-                         samples_seen=step * len(m), metrics=metrics)
+    metrics = {
+        "train_error": float(((logit > 0) != (y > 0)).double().mean()),
+        "train_loss": float(torch.nn.functional.softplus(-m).mean()),
+        "test_error": data.exact_test_error(module),
+        "test_loss": test_loss,
+        "lr": lr,
+    }
+    return writer.submit(
+        run.append_checkpoint,
+        {"fc.weight": w},
+        step=step,
+        epoch=float(step),
+        samples_seen=step * len(m),
+        metrics=metrics,
+    )
 
 
-def run_experiment(exp: PerceptronExperiment, store: str | os.PathLike[str],
-                   progress: Callable[[int, int], None] | None = None, *,
-                   kernel: str | None = None) -> ExperimentSummary:
+def run_experiment(
+    exp: PerceptronExperiment,
+    store: str | os.PathLike[str],
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    kernel: str | None = None,
+) -> ExperimentSummary:
     """Train every (seed, alpha) system of ``exp`` into ``store``; return the runs and timings.
 
     ``progress(step, running)`` is called after every step. ``kernel`` picks
@@ -324,11 +387,30 @@ def run_experiment(exp: PerceptronExperiment, store: str | os.PathLike[str],
         idx = subset_indices(len(data.x_train), Ps[-1], seed)  # nested: P's samples are the first P of these
         ys.append(data.y_train[idx].double() * 2 - 1)
         torch.mul(ys[s].unsqueeze(1), data.x_train[idx].double(), out=Z[s])  # y = +-1: exact
-    runs = [[Run.create(store, run_id(alpha, seed), config=exp.run_config(P, seed), model_spec=model_spec,
-                        dataset=spec, P=P, seed=seed) for alpha, P in zip(alphas, Ps)] for seed in exp.seeds]
+    runs = [
+        [
+            Run.create(
+                store,
+                run_id(alpha, seed),
+                config=exp.run_config(P, seed),
+                model_spec=model_spec,
+                dataset=spec,
+                P=P,
+                seed=seed,
+            )
+            for alpha, P in zip(alphas, Ps)
+        ]
+        for seed in exp.seeds
+    ]
     device = torch.device(exp.device)
-    gd = BatchedDescent(Z.to(device), Ps, lr0=exp.lr0, safety=exp.lr_safety, rho=exp.max_rel_step,
-                        kernel=kernel or default_kernel(device))
+    gd = BatchedDescent(
+        Z.to(device),
+        Ps,
+        lr0=exp.lr0,
+        safety=exp.lr_safety,
+        rho=exp.max_rel_step,
+        kernel=kernel or default_kernel(device),
+    )
     del Z  # on a GPU, the host copy
     lam_stop = exp.lam_stop * torch.tensor(alphas, dtype=torch.float64, device=device)
     running = [[True] * len(alphas) for _ in exp.seeds]
@@ -342,15 +424,27 @@ def run_experiment(exp: PerceptronExperiment, store: str | os.PathLike[str],
             lam = gd.lam()
             done = torch.full_like(lam, step == exp.steps, dtype=torch.bool) | ((lam >= lam_stop) & (step > 0))
             lam_host, done_host = torch.stack((lam, done.to(lam.dtype))).cpu().tolist()  # the one synchronisation
-            for s, seed in enumerate(exp.seeds):
-                for a, alpha in enumerate(alphas):
+            for s in range(len(exp.seeds)):
+                for a in range(len(alphas)):
                     if not running[s][a]:
                         continue
                     if not math.isfinite(lam_host[s][a]):
                         raise ConfigError(f"{runs[s][a].run_id}: the weights became non-finite at step {step}")
                     if step in points or done_host[s][a]:
-                        pending.append(_checkpoint(runs[s][a], step, gd.V[s, a].cpu(), gd.M[s, a, :Ps[a]].cpu(),
-                                                   ys[s][:Ps[a]], float(gd.eta[s, a]), module, data, test, writer))
+                        pending.append(
+                            _checkpoint(
+                                runs[s][a],
+                                step,
+                                gd.V[s, a].cpu(),
+                                gd.M[s, a, : Ps[a]].cpu(),
+                                ys[s][: Ps[a]],
+                                float(gd.eta[s, a]),
+                                module,
+                                data,
+                                test,
+                                writer,
+                            )
+                        )
                     if done_host[s][a]:
                         pending.append(writer.submit(runs[s][a].set_status, "complete"))
                         running[s][a] = False
@@ -374,5 +468,6 @@ def run_experiment(exp: PerceptronExperiment, store: str | os.PathLike[str],
         raise
     writer.shutdown(wait=True)
     flat = [(runs[s][a], steps[s][a]) for s in range(len(exp.seeds)) for a in range(len(alphas))]
-    return ExperimentSummary([r.path for r, _ in flat], {r.run_id: n for r, n in flat},
-                             time.perf_counter() - t0, asdict(exp))
+    return ExperimentSummary(
+        [r.path for r, _ in flat], {r.run_id: n for r, n in flat}, time.perf_counter() - t0, asdict(exp)
+    )

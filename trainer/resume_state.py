@@ -5,6 +5,7 @@ torch RNG (dropout), the CUDA RNG when used, the data-order generator, the
 current epoch's sample order and the position in it. Model weights are read
 from the checkpoint of the same step.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -3,12 +3,14 @@
 Built the same way for a fresh run and for a resumed one, so a resumed run
 continues with exactly the objects an uninterrupted run would have.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,9 +24,24 @@ from normdyn.core.schedule import parse_schedule
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.objective import Objective, objective_for
 
-__all__ = ["Setting", "Training", "setting", "prepare", "load_data", "dataset_spec", "resolve_device",
-           "scale_weight_matrices", "make_optimizer", "new_model_spec", "build_model", "step_plan", "eval_batch_size",
-           "ORDER_SEED_OFFSET", "EVAL_BATCH_CPU", "EVAL_BATCH_OTHER"]
+__all__ = [
+    "Setting",
+    "Training",
+    "setting",
+    "prepare",
+    "load_data",
+    "dataset_spec",
+    "resolve_device",
+    "scale_weight_matrices",
+    "make_optimizer",
+    "new_model_spec",
+    "build_model",
+    "step_plan",
+    "eval_batch_size",
+    "ORDER_SEED_OFFSET",
+    "EVAL_BATCH_CPU",
+    "EVAL_BATCH_OTHER",
+]
 
 # The data-order generator is seeded with seed + this offset, so the order of
 # the P samples is not the permutation that chose them (core/sampling.py).
@@ -90,8 +107,9 @@ def scale_weight_matrices(model: nn.Module, layers: list[Mapping[str, Any]], fac
             params[key].mul_(factor)
 
 
-def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor], *,
-                   fused: bool | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    config: TrainConfig, params: Iterable[torch.Tensor], *, fused: bool | None = None
+) -> torch.optim.Optimizer:
     """The optimizer of ``config`` over ``params`` (a model's, or an ensemble's stacked ones).
 
     ``fused`` is torch's option (None: torch's default implementation, which a separate run uses).
@@ -100,14 +118,14 @@ def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor], *,
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                           fused=fused)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=fused
+    )
 
 
 def load_data(config: TrainConfig) -> DatasetTensors:
     """The whole dataset of ``config`` (through the dataset plugin)."""
-    return load_dataset(config.dataset, root=config.data_root, download=config.download,
-                        params=config.dataset_params)
+    return load_dataset(config.dataset, root=config.data_root, download=config.download, params=config.dataset_params)
 
 
 def dataset_spec(config: TrainConfig) -> dict[str, Any]:
@@ -119,7 +137,8 @@ def dataset_spec(config: TrainConfig) -> dict[str, Any]:
 def new_model_spec(config: TrainConfig, data: DatasetTensors) -> dict[str, Any]:
     """The model_spec the family makes for ``config``'s model parameters and the data's shape."""
     return plugins.get("models", config.model).spec(
-        input_shape=tuple(data.input_shape), num_classes=int(data.num_classes), **config.model_params)
+        input_shape=tuple(data.input_shape), num_classes=int(data.num_classes), **config.model_params
+    )
 
 
 def build_model(config: TrainConfig, spec: Mapping[str, Any]) -> nn.Module:
@@ -159,14 +178,22 @@ def step_plan(config: TrainConfig) -> tuple[int, int, int, list[int]]:
     return batch, per_epoch, total, parse_schedule(config.schedule, total)
 
 
-def setting(config: TrainConfig, device: torch.device, data: DatasetTensors, spec: Mapping[str, Any],
-            model: nn.Module) -> Setting:
+def setting(
+    config: TrainConfig, device: torch.device, data: DatasetTensors, spec: Mapping[str, Any], model: nn.Module
+) -> Setting:
     """The :class:`Setting` of ``config`` on ``device``, for ``data`` and a model built from ``spec``."""
     batch, per_epoch, total, points = step_plan(config)
     return Setting(
-        device=device, objective=objective_for(model, data.x_train[:1].to(device)), x_test=data.x_test.to(device),
-        y_test=data.y_test.to(device), exact_test_error=data.exact_test_error, batch_size=batch,
-        batches_per_epoch=per_epoch, total_steps=total, points=points, model_spec=dict(spec),
+        device=device,
+        objective=objective_for(model, data.x_train[:1].to(device)),
+        x_test=data.x_test.to(device),
+        y_test=data.y_test.to(device),
+        exact_test_error=data.exact_test_error,
+        batch_size=batch,
+        batches_per_epoch=per_epoch,
+        total_steps=total,
+        points=points,
+        model_spec=dict(spec),
         dataset_spec=dataset_spec(config),
     )
 
@@ -187,7 +214,9 @@ def prepare(config: TrainConfig, model_spec: Mapping[str, Any] | None = None) ->
     spec = dict(model_spec) if model_spec is not None else new_model_spec(config, data)
     model = build_model(config, spec).to(device)
     return Training(
-        **setting(config, device, data, spec, model).shared(), config=config, model=model,
+        **setting(config, device, data, spec, model).shared(),
+        config=config,
+        model=model,
         # CUDA: the fused optimizer, one kernel per step instead of one per tensor group (bitwise resume is a
         # CPU promise; on the CPU torch's default implementation keeps separate runs as they were)
         optimizer=make_optimizer(config, model.parameters(), fused=True if device.type == "cuda" else None),

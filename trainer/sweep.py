@@ -14,14 +14,16 @@ differ only in seed form one task instead, run by :func:`run_ensemble_task`:
 their seeds train together (normdyn.trainer.ensemble), each into its own
 ordinary run, with the same skip and resume rules per run.
 """
+
 from __future__ import annotations
 
 import copy
 import itertools
 import json
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, replace
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -32,8 +34,15 @@ from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.ensemble import train_ensemble_or_resume
 from normdyn.trainer.loop import train_or_resume
 
-__all__ = ["expand_grid", "ensemble_groups", "sweep_tasks", "run_sweep_task", "run_ensemble_task", "run_task",
-           "run_sweep"]
+__all__ = [
+    "expand_grid",
+    "ensemble_groups",
+    "sweep_tasks",
+    "run_sweep_task",
+    "run_ensemble_task",
+    "run_task",
+    "run_sweep",
+]
 
 _NESTED = ("model_params", "dataset_params")
 
@@ -42,8 +51,9 @@ def _set(values: dict[str, Any], key: str, value: Any, source: str) -> None:
     head, dot, tail = key.partition(".")
     if dot:
         if head not in _NESTED or not tail:
-            raise ConfigError(f"{source}: sweep axis {key!r}: dotted axes must be model_params.NAME or "
-                              f"dataset_params.NAME")
+            raise ConfigError(
+                f"{source}: sweep axis {key!r}: dotted axes must be model_params.NAME or dataset_params.NAME"
+            )
         values.setdefault(head, {})[tail] = value
     else:
         values[key] = value
@@ -82,14 +92,24 @@ def ensemble_groups(configs: list[TrainConfig]) -> list[list[TrainConfig]]:
     """
     groups: dict[str, list[TrainConfig]] = {}
     for i, config in enumerate(configs):
-        key = (json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
-               if config.ensemble else f"single-{i}")
+        key = (
+            json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
+            if config.ensemble
+            else f"single-{i}"
+        )
         groups.setdefault(key, []).append(config)
     return list(groups.values())
 
 
-def sweep_tasks(configs: list[TrainConfig], *, store: str, progress: bool = True, jobs: int = 1,
-                device: str | None = None, executor: str = "local") -> list[dict[str, Any]]:
+def sweep_tasks(
+    configs: list[TrainConfig],
+    *,
+    store: str,
+    progress: bool = True,
+    jobs: int = 1,
+    device: str | None = None,
+    executor: str = "local",
+) -> list[dict[str, Any]]:
     """Plain-dict tasks writing into ``store``: one per config, or one per ensemble group of two or more.
 
     With several local workers on this machine each gets an equal share of
@@ -133,8 +153,16 @@ def run_task(task: Mapping[str, Any]) -> list[dict[str, str]]:
     return run_ensemble_task(task) if "configs" in task else [run_sweep_task(task)]
 
 
-def run_sweep(configs: list[TrainConfig], *, store: str, progress: bool = True, device: str | None = None,
-              executor: str = "local", jobs: int = 1, **executor_options: Any) -> Iterator[tuple[dict[str, Any], Any]]:
+def run_sweep(
+    configs: list[TrainConfig],
+    *,
+    store: str,
+    progress: bool = True,
+    device: str | None = None,
+    executor: str = "local",
+    jobs: int = 1,
+    **executor_options: Any,
+) -> Iterator[tuple[dict[str, Any], Any]]:
     """Run every config; yield (task, result dict or exception) per run as its task finishes.
 
     The yielded task always has a single ``config``: an ensemble task is

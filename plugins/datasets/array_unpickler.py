@@ -6,6 +6,7 @@ files are read with an unpickler that admits only numpy arrays and dtypes
 (plus the plain dicts, lists, strings and numbers pickle builds natively).
 Anything else is a DataError naming the file and the refused global.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -17,10 +18,14 @@ from normdyn.core.errors import DataError
 __all__ = ["load_array_pickle"]
 
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
     ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 carry raw bytes as latin-1 text
 }
 
@@ -32,8 +37,10 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED:
-            raise DataError(f"{self.path}: refused to load {module}.{name} (only numpy arrays are allowed in "
-                            f"this file; is it really a CIFAR batch?)")
+            raise DataError(
+                f"{self.path}: refused to load {module}.{name} (only numpy arrays are allowed in "
+                f"this file; is it really a CIFAR batch?)"
+            )
         return super().find_class(module, name)
 
 

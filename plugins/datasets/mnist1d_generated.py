@@ -7,6 +7,7 @@ as ``ROOT/mnist1d/mnist1d-n{num_samples}-split{train_split}-seed{data_seed}.npz`
 the generator's seed, independent of the run seed). Inputs are [1, 40]
 float32 signals, 10 classes.
 """
+
 from __future__ import annotations
 
 import random
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from normdyn.core.atomic import replacing
 from normdyn.core.contracts import DatasetTensors
 from normdyn.core.errors import DataError
@@ -47,14 +49,17 @@ class MNIST1D:
         """MNIST-1D as tensors, generated once and cached under ``root`` (no cache without a root)."""
         unknown = sorted(set(params) - set(_PARAMS))
         if unknown:
-            raise DataError(f"dataset 'mnist1d': unknown parameter(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(_PARAMS)}")
+            raise DataError(
+                f"dataset 'mnist1d': unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(_PARAMS)}"
+            )
         p = {**_PARAMS, **params}
         n, split, seed = int(p["num_samples"]), float(p["train_split"]), int(p["data_seed"])
         if n < 10 or not 0 < split < 1:
             raise DataError(f"dataset 'mnist1d': num_samples={n} must be >= 10 and train_split={split} in (0, 1)")
         arrays: dict[str, np.ndarray] | None = None
-        cache = None if root is None else Path(root).expanduser() / "mnist1d" / f"mnist1d-n{n}-split{split}-seed{seed}.npz"
+        cache = (
+            None if root is None else Path(root).expanduser() / "mnist1d" / f"mnist1d-n{n}-split{split}-seed{seed}.npz"
+        )
         if cache is not None and cache.is_file():
             try:
                 with np.load(cache, allow_pickle=False) as f:
@@ -73,9 +78,15 @@ class MNIST1D:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(1)
 
         x_train, x_test = signals(arrays["x"]), signals(arrays["x_test"])
-        return DatasetTensors(x_train, torch.from_numpy(arrays["y"].astype(np.int64)), x_test,
-                              torch.from_numpy(arrays["y_test"].astype(np.int64)), num_classes=10,
-                              input_shape=tuple(x_train.shape[1:]), spec={"name": self.name, **p})
+        return DatasetTensors(
+            x_train,
+            torch.from_numpy(arrays["y"].astype(np.int64)),
+            x_test,
+            torch.from_numpy(arrays["y_test"].astype(np.int64)),
+            num_classes=10,
+            input_shape=tuple(x_train.shape[1:]),
+            spec={"name": self.name, **p},
+        )
 
 
 @hookimpl

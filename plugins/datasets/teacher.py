@@ -13,6 +13,7 @@ The test error is exact: a student w has eps = arccos(R)/pi with
 R = w.w* / (|w| |w*|) (``exact_test_error``), so the test set only serves
 generic code that wants one.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,7 @@ def _inputs(kind: str, n: int, N: int, gen: torch.Generator) -> torch.Tensor:
 def _labels(x: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     out = torch.empty(len(x), dtype=torch.int64)
     for i in range(0, len(x), _CHUNK):
-        out[i:i + _CHUNK] = (x[i:i + _CHUNK].double() @ teacher > 0).long()
+        out[i : i + _CHUNK] = (x[i : i + _CHUNK].double() @ teacher > 0).long()
     return out
 
 
@@ -81,25 +82,37 @@ class TeacherDataset:
         """Generate the teacher, the training pool and the test set (``root``/``download`` are not used)."""
         unknown = sorted(set(params) - set(_PARAMS))
         if unknown:
-            raise DataError(f"dataset 'teacher': unknown parameter(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(_PARAMS)}")
+            raise DataError(
+                f"dataset 'teacher': unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(_PARAMS)}"
+            )
         p = {**_PARAMS, **params}
         try:
             N, n_train, n_test, seed = int(p["N"]), int(p["n_train"]), int(p["n_test"]), int(p["teacher_seed"])
         except (TypeError, ValueError):
-            raise DataError(f"dataset 'teacher': N, n_train, n_test and teacher_seed must be integers, got {p}") from None
+            raise DataError(
+                f"dataset 'teacher': N, n_train, n_test and teacher_seed must be integers, got {p}"
+            ) from None
         if p["inputs"] not in INPUTS:
             raise DataError(f"dataset 'teacher': inputs={p['inputs']!r}; use one of {', '.join(INPUTS)}")
         if N < 1 or n_train < 1 or n_test < 0:
-            raise DataError(f"dataset 'teacher': need N >= 1, n_train >= 1, n_test >= 0 (got N={N}, "
-                            f"n_train={n_train}, n_test={n_test})")
+            raise DataError(
+                f"dataset 'teacher': need N >= 1, n_train >= 1, n_test >= 0 (got N={N}, "
+                f"n_train={n_train}, n_test={n_test})"
+            )
         gen = torch.Generator().manual_seed(seed)
         teacher = torch.randn(N, generator=gen, dtype=torch.float64)
         x_train = _inputs(p["inputs"], n_train, N, gen)
         x_test = _inputs(p["inputs"], n_test, N, gen)
-        return DatasetTensors(x_train, _labels(x_train, teacher), x_test, _labels(x_test, teacher), num_classes=2,
-                              input_shape=(N,), spec={"name": self.name, **p},
-                              exact_test_error=_ExactTestError(teacher))
+        return DatasetTensors(
+            x_train,
+            _labels(x_train, teacher),
+            x_test,
+            _labels(x_test, teacher),
+            num_classes=2,
+            input_shape=(N,),
+            spec={"name": self.name, **p},
+            exact_test_error=_ExactTestError(teacher),
+        )
 
 
 @hookimpl

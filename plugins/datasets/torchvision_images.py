@@ -12,6 +12,7 @@ std (0.2023, 0.1994, 0.2010). Everything is returned as float32 tensors. torchvi
 a dataset is loaded (it takes seconds to import, and every CLI call loads
 the plugins).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,8 +65,15 @@ class MNIST:
         def images(ds: Any) -> torch.Tensor:
             return ((ds.data.to(torch.float32) / 255.0 - 0.5) / 0.5).unsqueeze(1).contiguous()
 
-        return DatasetTensors(images(train), train.targets.to(torch.int64), images(test), test.targets.to(torch.int64),
-                              num_classes=10, input_shape=(1, 28, 28), spec={"name": self.name})
+        return DatasetTensors(
+            images(train),
+            train.targets.to(torch.int64),
+            images(test),
+            test.targets.to(torch.int64),
+            num_classes=10,
+            input_shape=(1, 28, 28),
+            spec={"name": self.name},
+        )
 
 
 class CIFAR:
@@ -84,15 +92,18 @@ class CIFAR:
         for fname, md5 in files:
             path = base / fname
             if not tv_utils.check_integrity(str(path), md5):
-                raise DataError(f"dataset {self.name!r}: {path} is corrupted (md5 mismatch); delete "
-                                f"{base} and pass --download to fetch it again")
+                raise DataError(
+                    f"dataset {self.name!r}: {path} is corrupted (md5 mismatch); delete "
+                    f"{base} and pass --download to fetch it again"
+                )
             batch = load_array_pickle(path)
             try:
                 data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 labels = np.asarray(batch[self.label_key], dtype=np.int64)
             except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{path}: not a CIFAR batch (needs 'data' [N, 3072] uint8 and "
-                                f"{self.label_key!r}; {exc})") from None
+                raise DataError(
+                    f"{path}: not a CIFAR batch (needs 'data' [N, 3072] uint8 and {self.label_key!r}; {exc})"
+                ) from None
             if len(labels) != len(data):
                 raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
             xs.append(torch.from_numpy(data))
@@ -115,12 +126,21 @@ class CIFAR:
         names = [f for f, _ in tv_class.train_list + tv_class.test_list]
         missing = [f for f in names if not (base / f).is_file()]
         if missing:
-            raise DataError(f"dataset {self.name!r} not found: expected {', '.join(missing)} in {base}; put the "
-                            f"python-version batches there or pass --download to fetch them")
+            raise DataError(
+                f"dataset {self.name!r} not found: expected {', '.join(missing)} in {base}; put the "
+                f"python-version batches there or pass --download to fetch them"
+            )
         x_train, y_train = self._files(base, tv_class.train_list)
         x_test, y_test = self._files(base, tv_class.test_list)
-        return DatasetTensors(x_train, y_train, x_test, y_test, num_classes=self.num_classes,
-                              input_shape=(3, 32, 32), spec={"name": self.name})
+        return DatasetTensors(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            num_classes=self.num_classes,
+            input_shape=(3, 32, 32),
+            spec={"name": self.name},
+        )
 
 
 @hookimpl

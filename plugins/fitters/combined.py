@@ -9,6 +9,7 @@ The predicted curve eps*_pred(P) = A P^(-gamma_pred) has its prefactor A
 fitted (the reference sets a constant by hand): with the slope fixed, the
 least-squares log10 A is the mean over P of log10 eps*(P) + gamma_pred log10 P.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,15 +36,16 @@ class CombinedPrediction:
         self.law2 = law2
         self.measured = measured
 
-    def fit(self, P: np.ndarray, eps_star: np.ndarray) -> "CombinedPrediction":
+    def fit(self, P: np.ndarray, eps_star: np.ndarray) -> CombinedPrediction:
         """Compute gamma_pred, sigma, z and fit the prefactor of eps*_pred on (P, eps*); return self."""
         g1, e1 = self.law1.gamma1_, self.law1.gamma1_err_
         g2, e2 = self.law2.gamma2_, self.law2.gamma2_err_
         if g1 == 0 or g2 == 0:
             raise FitError(f"combined law: gamma1={g1:g}, gamma2={g2:g}; the relative errors need both non-zero")
         self.gamma_pred_ = float(g1 * g2)
-        self.sigma_ = float(np.sqrt(self.gamma_pred_ ** 2 * ((e1 / g1) ** 2 + (e2 / g2) ** 2)
-                                    + self.measured.gamma_meas_err_ ** 2))
+        self.sigma_ = float(
+            np.sqrt(self.gamma_pred_**2 * ((e1 / g1) ** 2 + (e2 / g2) ** 2) + self.measured.gamma_meas_err_**2)
+        )
         self.z_ = float((self.gamma_pred_ - self.measured.gamma_meas_) / self.sigma_)
         P = np.asarray(P, dtype=np.float64)
         eps_star = np.asarray(eps_star, dtype=np.float64)

@@ -16,6 +16,7 @@ Two estimators of gamma1 (``method``):
 Both sets of numbers are always computed; ``method`` picks which one fills
 ``gamma1_``, ``gamma1_err_`` and ``k1_``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,10 @@ def collapse_curves(log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarra
     eps_opt = lowest[np.arange(len(j)), j]
     zero = np.flatnonzero(eps_opt <= 0)
     if zero.size:
-        raise FitError(f"law 1: the mean test error of P={int(P[zero[0]])} reaches {eps_opt[zero[0]]:g}; "
-                       "a log-log collapse needs errors > 0")
+        raise FitError(
+            f"law 1: the mean test error of P={int(P[zero[0]])} reaches {eps_opt[zero[0]]:g}; "
+            "a log-log collapse needs errors > 0"
+        )
     log10_x = log10_grid[None, :] - log10_grid[j][:, None]
     with np.errstate(invalid="ignore"):
         log10_y = np.log10(mean_error) - np.log10(eps_opt)[:, None]
@@ -78,27 +81,34 @@ class Law1Collapse:
             raise FitError(f"law 1: window [{lo:g}, {hi:g}] must satisfy 0 < lo < hi (in lambda/lambda*)")
         return lo, hi
 
-    def fit(self, log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray) -> "Law1Collapse":
+    def fit(self, log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray) -> Law1Collapse:
         """Fit on the mean curves ``mean_error`` (rows per ``P``) over ``log10_grid``; return self."""
         lo, hi = self._check()
         P = np.asarray(P)
         self.P_ = P
         self.log10_x_, self.log10_y_ = collapse_curves(log10_grid, mean_error, P)
-        self.in_window_ = ((self.log10_x_ >= np.log10(lo) - _EDGE) & (self.log10_x_ <= np.log10(hi) + _EDGE)
-                           & np.isfinite(self.log10_y_))
+        self.in_window_ = (
+            (self.log10_x_ >= np.log10(lo) - _EDGE)
+            & (self.log10_x_ <= np.log10(hi) + _EDGE)
+            & np.isfinite(self.log10_y_)
+        )
         self.n_points_P_ = self.in_window_.sum(axis=1)
         for p, n in zip(P, self.n_points_P_):
             if n < MIN_POINTS:
-                raise FitError(f"law 1: the window [{lo:g}, {hi:g}] of lambda/lambda* holds {n} grid point(s) "
-                               f"for P={int(p)}, need at least {MIN_POINTS}; widen --window or use a finer --grid")
+                raise FitError(
+                    f"law 1: the window [{lo:g}, {hi:g}] of lambda/lambda* holds {n} grid point(s) "
+                    f"for P={int(p)}, need at least {MIN_POINTS}; widen --window or use a finer --grid"
+                )
         slope, intercept, slope_err, _ = ols_rows(self.log10_x_, self.log10_y_, self.in_window_)
-        self.gamma1_P_, self.gamma1_err_P_, self.k1_P_ = -slope, slope_err, 10.0 ** intercept
-        pooled = PowerLaw(what="law 1, pooled").fit_log10(self.log10_x_[self.in_window_], self.log10_y_[self.in_window_])
+        self.gamma1_P_, self.gamma1_err_P_, self.k1_P_ = -slope, slope_err, 10.0**intercept
+        pooled = PowerLaw(what="law 1, pooled").fit_log10(
+            self.log10_x_[self.in_window_], self.log10_y_[self.in_window_]
+        )
         self.gamma1_pooled_, self.gamma1_pooled_err_, self.k1_pooled_ = pooled.gamma_, pooled.gamma_err_, pooled.k_
         if self.method == "paper":
             self.gamma1_ = float(np.mean(self.gamma1_P_))
             self.k1_ = float(np.mean(self.k1_P_))
-            self.gamma1_err_ = float(np.sqrt(np.mean(self.gamma1_err_P_ ** 2)))
+            self.gamma1_err_ = float(np.sqrt(np.mean(self.gamma1_err_P_**2)))
         else:
             self.gamma1_, self.gamma1_err_, self.k1_ = pooled.gamma_, pooled.gamma_err_, pooled.k_
         return self

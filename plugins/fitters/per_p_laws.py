@@ -7,6 +7,7 @@
 
 lambda* is passed as log10 so a ViT's 1e75 never leaves log space.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,7 @@ class Law2LambdaStar:
     def __init__(self, offset: bool = False):
         self.offset = offset
 
-    def fit(self, P: np.ndarray, log10_lambda_star: np.ndarray) -> "Law2LambdaStar":
+    def fit(self, P: np.ndarray, log10_lambda_star: np.ndarray) -> Law2LambdaStar:
         """Fit on training-set sizes ``P`` and ``log10 lambda*(P)``; return self."""
         P = _check_P(P, "law 2")
         self.P_ = P
@@ -64,7 +65,7 @@ class MeasuredExponent:
 
     name = "measured"
 
-    def fit(self, P: np.ndarray, eps_star: np.ndarray) -> "MeasuredExponent":
+    def fit(self, P: np.ndarray, eps_star: np.ndarray) -> MeasuredExponent:
         """Fit on training-set sizes ``P`` and minimal mean test errors ``eps_star``; return self."""
         P = _check_P(P, "measured exponent")
         self.P_ = P

@@ -14,6 +14,7 @@ With ``offset=True`` the model ``y = k x^(-gamma) + c`` is fitted by
 the weighting close to the log-space fit; y is scaled by its geometric mean
 first so the solver works on numbers of order one.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -68,7 +69,7 @@ class PowerLaw:
         self.offset = offset
         self.what = what  # names the fit in error messages ("law 2: lambda*(P)")
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "PowerLaw":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> PowerLaw:
         """Fit on positive ``x`` and ``y`` (non-finite pairs are ignored); return self."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
@@ -77,7 +78,7 @@ class PowerLaw:
             raise FitError(f"{self.what}: a power law needs positive x and y (got a value <= 0)")
         return self.fit_log10(np.log10(np.where(ok, x, np.nan)), np.log10(np.where(ok, y, np.nan)))
 
-    def fit_log10(self, log10_x: np.ndarray, log10_y: np.ndarray) -> "PowerLaw":
+    def fit_log10(self, log10_x: np.ndarray, log10_y: np.ndarray) -> PowerLaw:
         """Fit on ``log10 x`` and ``log10 y`` directly (non-finite pairs ignored); return self."""
         lx = np.asarray(log10_x, dtype=np.float64)
         ly = np.asarray(log10_y, dtype=np.float64)
@@ -97,7 +98,7 @@ class PowerLaw:
         self.offset_err_ = 0.0
         if self.offset:
             self._fit_offset(lx, ly)
-        self.k_ = float(10.0 ** self.log10_k_)
+        self.k_ = float(10.0**self.log10_k_)
         self.n_ = int(lx.size)
         return self
 
@@ -118,8 +119,8 @@ class PowerLaw:
         err = np.sqrt(np.clip(np.diag(pcov), 0.0, np.inf))
         self.log10_k_, self.gamma_ = float(popt[0]), float(popt[1])
         self.log10_k_err_, self.gamma_err_ = float(err[0]), float(err[1])
-        self.offset_ = float(popt[2] * 10.0 ** scale)
-        self.offset_err_ = float(err[2] * 10.0 ** scale)
+        self.offset_ = float(popt[2] * 10.0**scale)
+        self.offset_err_ = float(err[2] * 10.0**scale)
 
     def predict_log10(self, log10_x: np.ndarray) -> np.ndarray:
         """log10 of the fitted y at ``log10 x``."""
@@ -127,7 +128,7 @@ class PowerLaw:
         if self.offset_ == 0.0:
             return power
         with np.errstate(invalid="ignore"):
-            return np.log10(10.0 ** power + self.offset_)
+            return np.log10(10.0**power + self.offset_)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The fitted y at positive ``x``."""

@@ -14,10 +14,12 @@ shape, the padding and the stride. Two exact methods:
   :mod:`normdyn.plugins.measures.top_singular`, warm-started across
   checkpoints.
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +35,14 @@ from normdyn.plugins.measures.top_singular import DEFAULT_TOL, operator_top_sing
 #: to 5e-7 at a few seconds per layer for the first checkpoint, far less warm-started.
 CONV_TOL = 1e-6
 
-__all__ = ["conv_forward", "circular_conv_norm", "conv_norm", "conv_operator_norms", "ConvOperatorNorm",
-           "SpectralComplexityOp"]
+__all__ = [
+    "conv_forward",
+    "circular_conv_norm",
+    "conv_norm",
+    "conv_operator_norms",
+    "ConvOperatorNorm",
+    "SpectralComplexityOp",
+]
 
 _CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
 
@@ -44,16 +52,19 @@ def conv_forward(layer: LayerSpec, weight: torch.Tensor) -> Callable[[torch.Tens
     conv = _CONV[layer.kind]
     if layer.padding_mode == "circular":
         pads = [p for pad in reversed(layer.padding) for p in (pad, pad)]
-        return lambda x: conv(F.pad(x, pads, mode="circular"), weight, None, layer.stride, 0, layer.dilation,
-                              layer.groups)
+        return lambda x: conv(
+            F.pad(x, pads, mode="circular"), weight, None, layer.stride, 0, layer.dilation, layer.groups
+        )
     if layer.padding_mode != "zeros":
-        raise MeasureError(f"layer {layer.name!r}: padding_mode {layer.padding_mode!r} is not supported "
-                           f"(use 'zeros' or 'circular')")
+        raise MeasureError(
+            f"layer {layer.name!r}: padding_mode {layer.padding_mode!r} is not supported (use 'zeros' or 'circular')"
+        )
     return lambda x: conv(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
-def circular_conv_norm(weight: torch.Tensor, in_shape: tuple[int, ...], dilation: tuple[int, ...],
-                       groups: int = 1) -> float:
+def circular_conv_norm(
+    weight: torch.Tensor, in_shape: tuple[int, ...], dilation: tuple[int, ...], groups: int = 1
+) -> float:
     """sigma_1 of a stride-1 circular conv on grid ``in_shape``: max over frequencies and groups
     of the largest singular value of the kernel's DFT matrix (c_out/g x c_in/g)."""
     co, cig = weight.shape[:2]
@@ -65,18 +76,20 @@ def circular_conv_norm(weight: torch.Tensor, in_shape: tuple[int, ...], dilation
     cog = co // groups
     best = 0.0
     for g in range(groups):
-        block = spectrum[g * cog:(g + 1) * cog]  # (cog, cig, *freq)
+        block = spectrum[g * cog : (g + 1) * cog]  # (cog, cig, *freq)
         mats = block.reshape(cog, cig, -1).permute(2, 0, 1)
         best = max(best, float(torch.linalg.svdvals(mats).max()))
     return best
 
 
-def conv_norm(layer: LayerSpec, weight: torch.Tensor, warm: torch.Tensor | None = None, *,
-              tol: float = CONV_TOL) -> tuple[float, torch.Tensor | None]:
+def conv_norm(
+    layer: LayerSpec, weight: torch.Tensor, warm: torch.Tensor | None = None, *, tol: float = CONV_TOL
+) -> tuple[float, torch.Tensor | None]:
     """(sigma_1 of the conv operator on its input shape, warm-start block for the next checkpoint)."""
     if layer.in_shape is None or layer.in_channels is None:
-        raise MeasureError(f"layer {layer.name!r}: the conv operator norm needs in_shape and in_channels "
-                           f"in the model spec")
+        raise MeasureError(
+            f"layer {layer.name!r}: the conv operator norm needs in_shape and in_channels in the model spec"
+        )
     if layer.padding_mode == "circular" and all(s == 1 for s in layer.stride):
         return circular_conv_norm(weight, layer.in_shape, layer.dilation, layer.groups), None
     w64 = weight.double()
@@ -94,8 +107,7 @@ def conv_norm(layer: LayerSpec, weight: torch.Tensor, warm: torch.Tensor | None 
         return g.reshape(block.shape[1], dim).T
 
     try:
-        top = operator_top_singular(apply_gram, dim, warm, tol=tol, device=weight.device, block_size=16,
-                                    max_iter=1000)
+        top = operator_top_singular(apply_gram, dim, warm, tol=tol, device=weight.device, block_size=16, max_iter=1000)
     except ArithmeticError as exc:
         raise MeasureError(f"layer {layer.name!r}: {exc}") from None
     return top.sigma, top.block

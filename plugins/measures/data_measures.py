@@ -5,6 +5,7 @@ of the run's training subset (the same P samples the run was trained on,
 see :func:`normdyn.core.sampling.subset_indices`), or of the test set with
 ``split="test"``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -82,8 +83,9 @@ class Margin:
     version = "1"
     needs = frozenset({"weights", "model", "data"})
 
-    def __init__(self, split: str = "train", n_samples: int = 1024,
-                 quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)):
+    def __init__(
+        self, split: str = "train", n_samples: int = 1024, quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+    ):
         _check_split(split)
         if not all(0.0 <= q <= 1.0 for q in quantiles):
             raise ConfigError(f"quantiles {list(quantiles)}: each must lie in [0, 1]")

@@ -6,9 +6,11 @@ buffers, not parameters); group (2,1) over the layers' raw weight matrices.
 ``scope="weights"`` restricts Frobenius, l1 and the distance to the layers'
 weight tensors.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -92,10 +94,12 @@ class DistanceFromInit(_ScopedBase):
         total = 0.0
         for key, t in scoped_tensors(view, self.params["scope"]).items():
             if key not in initial or initial[key].shape != t.shape:
-                raise MeasureError(f"{view.label}: parameter {key!r} has no counterpart of the same shape "
-                                  f"in the run's first checkpoint")
+                raise MeasureError(
+                    f"{view.label}: parameter {key!r} has no counterpart of the same shape "
+                    f"in the run's first checkpoint"
+                )
             total += float(torch.linalg.vector_norm((t - initial[key]).double()) ** 2)
-        return total ** 0.5
+        return total**0.5
 
 
 @hookimpl

@@ -1,4 +1,5 @@
 """The exact l2 path norm (Neyshabur, Tomioka and Srebro 2015)."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """The perceptron's norm, measure ``perceptron_lambda``."""
+
 from __future__ import annotations
 
 import math

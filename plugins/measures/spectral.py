@@ -8,6 +8,7 @@ eval-mode map; False for the reference variant) and the bias appended as a
 last column when ``include_bias`` (default False, as in the paper). sigma_i is its largest singular value; the
 (2,1)-norm ||M||_{2,1} sums the l2 norms of the COLUMNS of M.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,16 @@ import torch
 from normdyn.core.hookspecs import hookimpl
 from normdyn.plugins.measures.top_singular import DEFAULT_TOL, matrix_top_singular
 
-__all__ = ["LayerNorms", "layer_norms", "column_norms21", "SpectralComplexity", "SpectralComplexityDN", "SpectralProduct",
-           "bartlett", "bartlett_dn"]
+__all__ = [
+    "LayerNorms",
+    "layer_norms",
+    "column_norms21",
+    "SpectralComplexity",
+    "SpectralComplexityDN",
+    "SpectralProduct",
+    "bartlett",
+    "bartlett_dn",
+]
 
 
 class LayerNorms:
@@ -35,8 +44,9 @@ def _norm_sum(m: torch.Tensor, dim: int) -> float:
     return float(torch.linalg.vector_norm(m, dim=dim).double().sum())
 
 
-def layer_norms(view: Any, state: dict[str, Any], *, fold_bn: bool, include_bias: bool,
-                tol: float = DEFAULT_TOL) -> LayerNorms:
+def layer_norms(
+    view: Any, state: dict[str, Any], *, fold_bn: bool, include_bias: bool, tol: float = DEFAULT_TOL
+) -> LayerNorms:
     """The per-layer norms of one checkpoint, computed once and shared by the spectral measures.
 
     Top singular values are warm-started from ``state["warm"]`` (the previous
@@ -63,8 +73,9 @@ def column_norms21(view: Any, *, fold_bn: bool, include_bias: bool) -> list[floa
     """||W_i||_{2,1} (the sum of column l2 norms) of every layer, cached in ``view.cache``."""
     key = ("column_norms21", fold_bn, include_bias)
     if key not in view.cache:
-        view.cache[key] = [_norm_sum(view.matrix(layer, fold_bn=fold_bn, include_bias=include_bias), 0)
-                           for layer in view.layers]
+        view.cache[key] = [
+            _norm_sum(view.matrix(layer, fold_bn=fold_bn, include_bias=include_bias), 0) for layer in view.layers
+        ]
     return view.cache[key]
 
 
@@ -83,8 +94,8 @@ def bartlett_dn(sigma: list[float], cols21: list[float]) -> float:
     prod = math.prod(sigma)
     total = 0.0
     for i, s in enumerate(sigma):
-        total += sum(cols21[i + 1:]) ** (2.0 / 3.0) / s ** (2.0 / 3.0)
-    return prod * total ** 1.5
+        total += sum(cols21[i + 1 :]) ** (2.0 / 3.0) / s ** (2.0 / 3.0)
+    return prod * total**1.5
 
 
 class _SpectralBase:

@@ -16,10 +16,11 @@ of sigma_1 below tol/2). Matrices small enough are decomposed exactly, and a
 matrix whose iteration has not converged after ``max_iter`` steps falls back
 to the exact eigen-decomposition of its float64 Gram matrix.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -68,8 +69,9 @@ def _orthonormal(block: torch.Tensor) -> torch.Tensor:
     return q
 
 
-def _iterate(gram: Callable[[torch.Tensor], torch.Tensor], block: torch.Tensor, tol: float,
-             max_iter: int) -> tuple[float, torch.Tensor, int, bool]:
+def _iterate(
+    gram: Callable[[torch.Tensor], torch.Tensor], block: torch.Tensor, tol: float, max_iter: int
+) -> tuple[float, torch.Tensor, int, bool]:
     """Subspace iteration with Rayleigh-Ritz; returns (theta_1, block, iterations, converged)."""
     block = _orthonormal(block)
     theta = torch.zeros(1, dtype=torch.float64)
@@ -82,16 +84,18 @@ def _iterate(gram: Callable[[torch.Tensor], torch.Tensor], block: torch.Tensor, 
     return float(theta[0]), block, max_iter, False
 
 
-def _start_block(dim: int, k: int, warm: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
-                 seed: int) -> torch.Tensor:
+def _start_block(
+    dim: int, k: int, warm: torch.Tensor | None, dtype: torch.dtype, device: torch.device, seed: int
+) -> torch.Tensor:
     if warm is not None and warm.shape[0] == dim:
         return warm.to(device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(dim, k, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
-def matrix_top_singular(m: torch.Tensor, warm: torch.Tensor | None = None, *, tol: float = DEFAULT_TOL,
-                        max_iter: int = 4, seed: int = 0) -> TopSingular:
+def matrix_top_singular(
+    m: torch.Tensor, warm: torch.Tensor | None = None, *, tol: float = DEFAULT_TOL, max_iter: int = 4, seed: int = 0
+) -> TopSingular:
     """sigma_1 of matrix ``m``, warm-started from ``warm`` (a previous result's ``block``).
 
     Small matrices (m * n * min(m, n) <= 5e7) get an exact float64 Gram eigenvalue. Larger
@@ -133,10 +137,18 @@ def matrix_top_singular(m: torch.Tensor, warm: torch.Tensor | None = None, *, to
     return TopSingular(max(float(evals[-1]), 0.0) ** 0.5, top, iters, "exact-fallback")
 
 
-def operator_top_singular(apply_gram: Callable[[torch.Tensor], torch.Tensor], dim: int,
-                          warm: torch.Tensor | None = None, *, tol: float = DEFAULT_TOL, max_iter: int = 2000,
-                          dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
-                          block_size: int = _BLOCK, seed: int = 0) -> TopSingular:
+def operator_top_singular(
+    apply_gram: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    warm: torch.Tensor | None = None,
+    *,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = 2000,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+    block_size: int = _BLOCK,
+    seed: int = 0,
+) -> TopSingular:
     """sigma_1 of a linear operator given only through ``apply_gram`` (blocks of column vectors).
 
     ``apply_gram(X)`` returns A^T A X for X of shape (dim, k). There is no
@@ -147,5 +159,5 @@ def operator_top_singular(apply_gram: Callable[[torch.Tensor], torch.Tensor], di
     start = _start_block(dim, k, warm, dtype, torch.device(device), seed)
     theta, block, iters, ok = _iterate(apply_gram, start, tol, max_iter)
     if not ok:
-        raise ArithmeticError(f"operator norm did not converge in {max_iter} iterations (sigma_1 ~ {theta ** 0.5:.6g})")
+        raise ArithmeticError(f"operator norm did not converge in {max_iter} iterations (sigma_1 ~ {theta**0.5:.6g})")
     return TopSingular(max(theta, 0.0) ** 0.5, block, iters, "iteration")

@@ -11,9 +11,11 @@ Presets, chosen by the data unless ``preset`` is given:
 Weights keep PyTorch's default initialisation; the trainer applies the init
 factor. Module names (``features.N``, ``classifier.N``) match the reference.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,8 +33,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 class CNN(nn.Module):
     """Conv feature stack plus MLP classifier."""
 
-    def __init__(self, in_channels: int, conv_channels: list[int], kernel_size: int, pool_every: int,
-                 hidden: list[int], dropout: float, input_hw: tuple[int, int], num_classes: int):
+    def __init__(
+        self,
+        in_channels: int,
+        conv_channels: list[int],
+        kernel_size: int,
+        pool_every: int,
+        hidden: list[int],
+        dropout: float,
+        input_hw: tuple[int, int],
+        num_classes: int,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels
@@ -72,9 +83,16 @@ class CNNFamily(ModelFamilyBase):
         return dict(PRESETS[preset])
 
     def make(self, params: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-        return CNN(input_shape[0], [int(c) for c in params["conv_channels"]], int(params["kernel_size"]),
-                   int(params["pool_every"]), [int(h) for h in params["hidden"]], float(params["dropout"]),
-                   (input_shape[1], input_shape[2]), num_classes)
+        return CNN(
+            input_shape[0],
+            [int(c) for c in params["conv_channels"]],
+            int(params["kernel_size"]),
+            int(params["pool_every"]),
+            [int(h) for h in params["hidden"]],
+            float(params["dropout"]),
+            (input_shape[1], input_shape[2]),
+            num_classes,
+        )
 
 
 @hookimpl

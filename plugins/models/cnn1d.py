@@ -5,9 +5,11 @@ Following the MNIST-1D paper's baseline: ``channels`` Conv1d layers (kernel
 channels [25, 25, 25]: on the 40-sample MNIST-1D signal the feature map
 shrinks 40 -> 19 -> 9 -> 4.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,8 +22,16 @@ from normdyn.plugins.models.family import ModelFamilyBase
 class CNN1d(nn.Module):
     """[Conv1d -> ReLU] * len(channels) -> flatten -> Linear."""
 
-    def __init__(self, in_channels: int, length: int, channels: list[int], kernel_size: int, stride: int,
-                 padding: int, num_classes: int):
+    def __init__(
+        self,
+        in_channels: int,
+        length: int,
+        channels: list[int],
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        num_classes: int,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels
@@ -46,8 +56,15 @@ class CNN1dFamily(ModelFamilyBase):
     def make(self, params: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         if len(input_shape) != 2:
             raise ConfigError(f"model 'cnn1d' needs signal input [C, L], got input_shape {list(input_shape)}")
-        return CNN1d(input_shape[0], input_shape[1], [int(c) for c in params["channels"]],
-                     int(params["kernel_size"]), int(params["stride"]), int(params["padding"]), num_classes)
+        return CNN1d(
+            input_shape[0],
+            input_shape[1],
+            [int(c) for c in params["channels"]],
+            int(params["kernel_size"]),
+            int(params["stride"]),
+            int(params["padding"]),
+            num_classes,
+        )
 
 
 @hookimpl

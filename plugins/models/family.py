@@ -7,10 +7,12 @@ default), how presets fill them from the data shape (``defaults``) and how to
 "num_classes", "layers"}`` and ``build(spec)`` calls ``make`` with exactly
 the stored parameters, so a spec rebuilds the same architecture anywhere.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -58,8 +60,13 @@ class ModelFamilyBase(ABC):
         input_shape = tuple(int(s) for s in input_shape)
         resolved = self.resolve(input_shape, num_classes, **params)
         module = self.make(resolved, input_shape, int(num_classes))
-        return {"name": self.name, **resolved, "input_shape": list(input_shape),
-                "num_classes": int(num_classes), "layers": trace_layers(module, input_shape)}
+        return {
+            "name": self.name,
+            **resolved,
+            "input_shape": list(input_shape),
+            "num_classes": int(num_classes),
+            "layers": trace_layers(module, input_shape),
+        }
 
     def build(self, spec: Mapping[str, Any]) -> nn.Module:
         """Rebuild the module from a model_spec alone (weights freshly initialised)."""

@@ -9,6 +9,7 @@ three row blocks ``attn_q``, ``attn_k``, ``attn_v`` plus ``attn_out``
 hook of its own). Every model family uses this, so the layer list always
 matches what the forward pass really does.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,11 +28,17 @@ def _conv_layer(name: str, module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> La
     if isinstance(module.padding, str):  # "same"/"valid": store the numbers the conv really uses
         raise ConfigError(f"layer {name!r}: string padding {module.padding!r} is not supported; use integers")
     return LayerSpec(
-        name=name, kind=kind, weight=f"{name}.weight",
+        name=name,
+        kind=kind,
+        weight=f"{name}.weight",
         bias=f"{name}.bias" if module.bias is not None else None,
-        in_shape=tuple(int(s) for s in x.shape[2:]), in_channels=int(module.in_channels),
-        stride=tuple(module.stride), padding=tuple(module.padding), dilation=tuple(module.dilation),
-        groups=int(module.groups), padding_mode=module.padding_mode,
+        in_shape=tuple(int(s) for s in x.shape[2:]),
+        in_channels=int(module.in_channels),
+        stride=tuple(module.stride),
+        padding=tuple(module.padding),
+        dilation=tuple(module.dilation),
+        groups=int(module.groups),
+        padding_mode=module.padding_mode,
     )
 
 
@@ -41,13 +48,26 @@ def _attention_layers(name: str, module: nn.MultiheadAttention) -> list[LayerSpe
     E = int(module.embed_dim)
     bias = f"{name}.in_proj_bias" if module.in_proj_bias is not None else None
     blocks = [
-        LayerSpec(name=f"{name}.{part}", kind=f"attn_{part}", weight=f"{name}.in_proj_weight", bias=bias,
-                  rows=(i * E, (i + 1) * E), in_channels=E)
+        LayerSpec(
+            name=f"{name}.{part}",
+            kind=f"attn_{part}",
+            weight=f"{name}.in_proj_weight",
+            bias=bias,
+            rows=(i * E, (i + 1) * E),
+            in_channels=E,
+        )
         for i, part in enumerate(("q", "k", "v"))
     ]
     out = module.out_proj
-    blocks.append(LayerSpec(name=f"{name}.out_proj", kind="attn_out", weight=f"{name}.out_proj.weight",
-                            bias=f"{name}.out_proj.bias" if out.bias is not None else None, in_channels=E))
+    blocks.append(
+        LayerSpec(
+            name=f"{name}.out_proj",
+            kind="attn_out",
+            weight=f"{name}.out_proj.weight",
+            bias=f"{name}.out_proj.bias" if out.bias is not None else None,
+            in_channels=E,
+        )
+    )
     return blocks
 
 
@@ -82,9 +102,15 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[st
         elif isinstance(module, nn.MultiheadAttention):
             found.extend(_attention_layers(name, module))
         elif isinstance(module, nn.Linear):
-            found.append(LayerSpec(name=name, kind="linear", weight=f"{name}.weight",
-                                   bias=f"{name}.bias" if module.bias is not None else None,
-                                   in_channels=int(module.in_features)))
+            found.append(
+                LayerSpec(
+                    name=name,
+                    kind="linear",
+                    weight=f"{name}.weight",
+                    bias=f"{name}.bias" if module.bias is not None else None,
+                    in_channels=int(module.in_features),
+                )
+            )
 
     traced = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.MultiheadAttention, nn.modules.batchnorm._BatchNorm)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, traced)]

@@ -4,10 +4,12 @@ Flattens the input, then ``widths`` hidden layers (Linear + ReLU, with bias
 unless ``bias = false``), then a Linear to the classes. Default widths
 [512, 512]. PyTorch's default initialisation; the trainer applies the init factor.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -7,10 +7,12 @@ cross-entropy on it is the paper's loss log(1 + exp(-y w.x / sqrt(N)))
 (y = +-1). The weight starts at zero (the paper's initial condition), so
 the first gradient step is the Hebb rule.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -12,9 +12,11 @@ Presets, chosen by the data unless ``preset`` is given:
 
 Module names (``stem.0``, ``stages.i.j.conv1``, ``fc``) match the reference.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,8 +44,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = None
         if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,10 +62,15 @@ class ResNet(nn.Module):
     def __init__(self, in_channels: int, blocks: list[int], widths: list[int], num_classes: int):
         super().__init__()
         if len(blocks) != len(widths) or not 1 <= len(blocks) <= len(STRIDES):
-            raise ConfigError(f"model 'resnet': blocks {blocks} and widths {widths} must be equal-length lists "
-                              f"of 1 to {len(STRIDES)} stages")
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+            raise ConfigError(
+                f"model 'resnet': blocks {blocks} and widths {widths} must be equal-length lists "
+                f"of 1 to {len(STRIDES)} stages"
+            )
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
         self.stages = nn.ModuleList()
         prev = widths[0]
         for n, planes, stride in zip(blocks, widths, STRIDES):
@@ -103,8 +111,9 @@ class ResNetFamily(ModelFamilyBase):
         return dict(PRESETS[preset])
 
     def make(self, params: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-        return ResNet(input_shape[0], [int(b) for b in params["blocks"]], [int(w) for w in params["widths"]],
-                      num_classes)
+        return ResNet(
+            input_shape[0], [int(b) for b in params["blocks"]], [int(w) for w in params["widths"]], num_classes
+        )
 
 
 @hookimpl

@@ -14,9 +14,11 @@ Presets, chosen by the data unless ``preset`` is given:
 The attention's fused ``in_proj_weight`` is a weight matrix like any other:
 the trainer's init factor scales it (the reference code misses it).
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,8 +53,17 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """Patch embedding, CLS token, transformer blocks, head."""
 
-    def __init__(self, in_channels: int, image_hw: tuple[int, int], patch: int, dim: int, depth: int, heads: int,
-                 mlp_ratio: float, num_classes: int):
+    def __init__(
+        self,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        patch: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        num_classes: int,
+    ):
         super().__init__()
         if image_hw[0] % patch or image_hw[1] % patch:
             raise ConfigError(f"model 'vit': patch {patch} does not divide the image size {list(image_hw)}")
@@ -98,8 +109,16 @@ class ViTFamily(ModelFamilyBase):
         return dict(PRESETS[preset])
 
     def make(self, params: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-        return ViT(input_shape[0], (input_shape[1], input_shape[2]), int(params["patch"]), int(params["dim"]),
-                   int(params["depth"]), int(params["heads"]), float(params["mlp_ratio"]), num_classes)
+        return ViT(
+            input_shape[0],
+            (input_shape[1], input_shape[2]),
+            int(params["patch"]),
+            int(params["dim"]),
+            int(params["depth"]),
+            int(params["heads"]),
+            float(params["mlp_ratio"]),
+            num_classes,
+        )
 
 
 @hookimpl

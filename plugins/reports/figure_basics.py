@@ -2,6 +2,7 @@
 
 Not a plugin itself (it registers nothing); the section modules import it.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ does nothing when the fit failed (the report then shows the fit's error).
 Figures are matplotlib ``Figure`` objects (no pyplot state), one colour per P
 from ``context.color``; ``out.figure`` saves them as PNG and SVG.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,7 +30,7 @@ class ErrorVsLambda:
         fit = context.fit
         if fit is None:
             return
-        curves, grid = fit.curves, 10.0 ** fit.curves.log10_grid
+        curves, grid = fit.curves, 10.0**fit.curves.log10_grid
         fig, ax = new_axes()
         rows: list[list[Any]] = []
         for i, p in enumerate(curves.P.tolist()):
@@ -42,14 +43,26 @@ class ErrorVsLambda:
             star = 10.0 ** curves.log10_lambda_star_grid[i]
             ax.plot([star], [curves.eps_star[i]], "o", color=context.color(p), markersize=4)
             n = None if curves.n_seeds is None else curves.n_seeds[i]
-            rows += [[p, float(g), float(m), float(a), float(b), None if n is None else int(n[j])]
-                     for j, (g, m, a, b) in enumerate(zip(grid, mean, lo, hi)) if np.isfinite(m)]
+            rows += [
+                [p, float(g), float(m), float(a), float(b), None if n is None else int(n[j])]
+                for j, (g, m, a, b) in enumerate(zip(grid, mean, lo, hi))
+                if np.isfinite(m)
+            ]
         ax.set(xscale="log", yscale="log", xlabel=f"lambda ({context.measure})", ylabel="test error")
         ax.legend(fontsize="small", ncol=2)
-        out.figure(fig, "error-vs-lambda", "Mean test error over seeds against lambda, per P; band: range over "
-                                           "seeds; dot: the minimum (lambda*, eps*) of the mean curve.")
-        out.table("curves", ["P", "lambda", "mean_test_error", "min_test_error", "max_test_error", "n_seeds"], rows,
-                  "Aggregated curves on the common lambda grid", show=False)
+        out.figure(
+            fig,
+            "error-vs-lambda",
+            "Mean test error over seeds against lambda, per P; band: range over "
+            "seeds; dot: the minimum (lambda*, eps*) of the mean curve.",
+        )
+        out.table(
+            "curves",
+            ["P", "lambda", "mean_test_error", "min_test_error", "max_test_error", "n_seeds"],
+            rows,
+            "Aggregated curves on the common lambda grid",
+            show=False,
+        )
 
 
 class Collapse:
@@ -71,15 +84,30 @@ class Collapse:
         for p, lx, ly, inside in zip(law1.P_.tolist(), law1.log10_x_, law1.log10_y_, law1.in_window_):
             ok = np.isfinite(ly)
             ax.plot(10.0 ** lx[ok], 10.0 ** ly[ok], color=context.color(int(p)), alpha=0.5, linewidth=1)
-            ax.plot(10.0 ** lx[inside], 10.0 ** ly[inside], "o", color=context.color(int(p)), markersize=3,
-                    label=f"P={int(p)}")
+            ax.plot(
+                10.0 ** lx[inside],
+                10.0 ** ly[inside],
+                "o",
+                color=context.color(int(p)),
+                markersize=3,
+                label=f"P={int(p)}",
+            )
         x = np.logspace(np.log10(lo), np.log10(hi), 50)
-        ax.plot(x, law1.predict(x), "k--", linewidth=1.5,
-                label=f"{law1.k1_:.3g} x^(-{law1.gamma1_:.3f} ± {law1.gamma1_err_:.3f})")
+        ax.plot(
+            x,
+            law1.predict(x),
+            "k--",
+            linewidth=1.5,
+            label=f"{law1.k1_:.3g} x^(-{law1.gamma1_:.3f} ± {law1.gamma1_err_:.3f})",
+        )
         ax.set(xscale="log", yscale="log", xlabel="lambda / lambda*", ylabel="eps / eps*")
         ax.legend(fontsize="small", ncol=2)
-        out.figure(fig, "collapse", f"Mean curves normalised by their minimum; points: inside the window "
-                                    f"[{lo:.3g}, {hi:.3g}]; dashed: the law-1 fit (gamma1 = {law1.gamma1_:.3f}).")
+        out.figure(
+            fig,
+            "collapse",
+            f"Mean curves normalised by their minimum; points: inside the window "
+            f"[{lo:.3g}, {hi:.3g}]; dashed: the law-1 fit (gamma1 = {law1.gamma1_:.3f}).",
+        )
 
 
 class LambdaStar:
@@ -98,15 +126,23 @@ class LambdaStar:
         fig, ax = new_axes()
         if fit.seed_grid is not None:
             for p, at_min in zip(curves.P.tolist(), fit.seed_grid.log10_lambda_at_min):
-                ax.plot([p] * len(at_min), 10.0 ** at_min, "x", color=context.color(p), alpha=0.6)
-        ax.plot(curves.P, 10.0 ** curves.log10_lambda_star, "ko", label=f"lambda* ({curves.lambda_star_source})")
+                ax.plot([p] * len(at_min), 10.0**at_min, "x", color=context.color(p), alpha=0.6)
+        ax.plot(curves.P, 10.0**curves.log10_lambda_star, "ko", label=f"lambda* ({curves.lambda_star_source})")
         P = np.logspace(np.log10(law2.P_.min()), np.log10(law2.P_.max()), 50)
-        ax.plot(P, 10.0 ** law2.predict_log10(P), "k--",
-                label=f"{law2.k2_:.3g} P^({law2.gamma2_:.3f} ± {law2.gamma2_err_:.3f})")
+        ax.plot(
+            P,
+            10.0 ** law2.predict_log10(P),
+            "k--",
+            label=f"{law2.k2_:.3g} P^({law2.gamma2_:.3f} ± {law2.gamma2_err_:.3f})",
+        )
         ax.set(xscale="log", yscale="log", xlabel="P (training samples)", ylabel=f"lambda* ({context.measure})")
         ax.legend(fontsize="small")
-        out.figure(fig, "lambda-star", "lambda at the minimal test error against P; crosses: single seeds; "
-                                       f"dashed: the law-2 fit (gamma2 = {law2.gamma2_:.3f}).")
+        out.figure(
+            fig,
+            "lambda-star",
+            "lambda at the minimal test error against P; crosses: single seeds; "
+            f"dashed: the law-2 fit (gamma2 = {law2.gamma2_:.3f}).",
+        )
 
 
 class EpsStar:
@@ -125,14 +161,26 @@ class EpsStar:
         P = np.logspace(np.log10(curves.P.min()), np.log10(curves.P.max()), 50)
         fig, ax = new_axes()
         ax.plot(curves.P, curves.eps_star, "ko", label="eps* measured")
-        ax.plot(P, fit.predicted_eps_star(P), "C3-",
-                label=f"predicted P^(-gamma1 gamma2), gamma_pred = {f.combined.gamma_pred_:.3f} ± {f.combined.sigma_:.3f}")
-        ax.plot(P, f.measured.predict(P), "k:",
-                label=f"direct fit, gamma_meas = {f.measured.gamma_meas_:.3f} ± {f.measured.gamma_meas_err_:.3f}")
+        ax.plot(
+            P,
+            fit.predicted_eps_star(P),
+            "C3-",
+            label=f"predicted P^(-gamma1 gamma2), gamma_pred = {f.combined.gamma_pred_:.3f} ± {f.combined.sigma_:.3f}",
+        )
+        ax.plot(
+            P,
+            f.measured.predict(P),
+            "k:",
+            label=f"direct fit, gamma_meas = {f.measured.gamma_meas_:.3f} ± {f.measured.gamma_meas_err_:.3f}",
+        )
         ax.set(xscale="log", yscale="log", xlabel="P (training samples)", ylabel="eps* (minimal mean test error)")
         ax.legend(fontsize="small")
-        out.figure(fig, "eps-star", f"Minimal mean test error against P: measured, predicted from the two laws, "
-                                    f"and fitted directly (z = {f.combined.z_:.2f}).")
+        out.figure(
+            fig,
+            "eps-star",
+            f"Minimal mean test error against P: measured, predicted from the two laws, "
+            f"and fitted directly (z = {f.combined.z_:.2f}).",
+        )
 
 
 @hookimpl

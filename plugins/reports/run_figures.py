@@ -6,9 +6,11 @@ epoch, nothing extrapolated) and shown as a mean line with a min-max band.
 Epoch 0 (the initial weights) cannot sit on a log axis and is left out of
 the figures; it stays in ``learning_curves.csv``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +20,9 @@ from normdyn.plugins.reports.figure_basics import new_axes, seed_band
 __all__ = ["LearningCurves", "LambdaVsEpoch", "seeds_on_common_epochs"]
 
 
-def seeds_on_common_epochs(epochs: Sequence[np.ndarray], values: Sequence[np.ndarray], log_values: bool
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def seeds_on_common_epochs(
+    epochs: Sequence[np.ndarray], values: Sequence[np.ndarray], log_values: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(epochs, mean, min, max) over seeds on the union of their positive epochs.
 
     Each seed is interpolated linearly in log epoch (and in log value when
@@ -36,7 +39,7 @@ def seeds_on_common_epochs(epochs: Sequence[np.ndarray], values: Sequence[np.nda
         rows.append(np.interp(np.log10(grid), np.log10(e[ok]), y, left=np.nan, right=np.nan))
     mean, lo, hi = seed_band(np.array(rows))
     if log_values:
-        mean, lo, hi = 10.0 ** mean, 10.0 ** lo, 10.0 ** hi
+        mean, lo, hi = 10.0**mean, 10.0**lo, 10.0**hi
     return grid, mean, lo, hi
 
 
@@ -69,13 +72,36 @@ class LearningCurves:
         _draw(ax_loss, context, "test_loss", log_values=True)
         _draw(ax_loss, context, "train_loss", log_values=True, style="--", label=False)
         ax_loss.set(xlabel="epoch", ylabel="loss (test solid, train dashed)", yscale="log")
-        out.figure(fig, "learning-curves", "Error and loss against epoch (log axis), mean over seeds per P; "
-                                           "band: range over seeds.")
-        headers = ["run", "P", "seed", "step", "epoch", "train_error", "test_error", "train_loss", "test_loss",
-                   f"lambda_{context.measure}"]
-        rows = [[r.run_id, r.P, r.seed, int(r.step[i]), float(r.epoch[i]),
-                 *(float(r.metrics[c][i]) for c in ("train_error", "test_error", "train_loss", "test_loss")),
-                 float(r.lam[i])] for r in context.runs for i in range(len(r.step))]
+        out.figure(
+            fig,
+            "learning-curves",
+            "Error and loss against epoch (log axis), mean over seeds per P; band: range over seeds.",
+        )
+        headers = [
+            "run",
+            "P",
+            "seed",
+            "step",
+            "epoch",
+            "train_error",
+            "test_error",
+            "train_loss",
+            "test_loss",
+            f"lambda_{context.measure}",
+        ]
+        rows = [
+            [
+                r.run_id,
+                r.P,
+                r.seed,
+                int(r.step[i]),
+                float(r.epoch[i]),
+                *(float(r.metrics[c][i]) for c in ("train_error", "test_error", "train_loss", "test_loss")),
+                float(r.lam[i]),
+            ]
+            for r in context.runs
+            for i in range(len(r.step))
+        ]
         out.table("learning_curves", headers, rows, "Every logged checkpoint of every run", show=False)
 
 
@@ -94,8 +120,11 @@ class LambdaVsEpoch:
         _draw(ax, context, "lambda", log_values=True)
         ax.set(xlabel="epoch", ylabel=f"lambda ({context.measure})", yscale="log")
         ax.legend(fontsize="small", ncol=2)
-        out.figure(fig, "lambda-vs-epoch", "The complexity measure during training (geometric mean over seeds, "
-                                           "band: range over seeds).")
+        out.figure(
+            fig,
+            "lambda-vs-epoch",
+            "The complexity measure during training (geometric mean over seeds, band: range over seeds).",
+        )
 
 
 @hookimpl

@@ -1,4 +1,5 @@
 """A minimal third-party normdyn plugin: the largest absolute weight."""
+
 from __future__ import annotations
 
 from typing import Any
