@@ -95,26 +95,42 @@ def read_curves_csv(path: str | os.PathLike[str]) -> list[SeedCurve] | MeanCurve
 
 def _seed_curves(path: Path, parsed: list[tuple[int, int, float, float]]) -> list[SeedCurve]:
     groups: dict[tuple[int, int], list[tuple[float, float]]] = {}
-    for P, seed, lam, err in parsed:
-        if not (math.isnan(lam) or math.isnan(err)):
-            groups.setdefault((P, seed), []).append((lam, err))
+    first_line: dict[tuple[int, int, float, float], int] = {}
+    for line, (P, seed, lam, err) in enumerate(parsed, start=2):
+        if math.isnan(lam) or math.isnan(err):
+            continue
+        # the parsed values are the keys: nothing here is recomputed, so equal text is an equal key
+        earlier = first_line.setdefault((P, seed, lam, err), line)
+        if earlier != line:
+            raise DataError(
+                f"{path}, line {line}: repeats line {earlier} (P={P}, seed={seed}, lambda={lam!r}, "
+                f"test_error={err!r}); remove the duplicate row"
+            )
+        groups.setdefault((P, seed), []).append((lam, err))
     if not groups:
         raise DataError(f"{path}: every row has an empty lambda or test_error")
     return [
         SeedCurve(
-            P, seed, np.log10([p[0] for p in pts]), np.array([p[1] for p in pts]), source=f"{path} (P={P}, seed={seed})"
+            P,
+            seed,
+            np.log10([p[0] for p in pts]),
+            np.array([p[1] for p in pts]),
+            source=f"{path} (P={P}, seed={seed})",
         )
         for (P, seed), pts in sorted(groups.items())
     ]
 
 
 def _mean_curves(path: Path, parsed: list[tuple[int, int, float, float]]) -> MeanCurves:
-    P = np.array(sorted({p for p, _, _, _ in parsed}))
-    log10_grid = np.unique(np.log10([lam for _, _, lam, _ in parsed]))
+    # Each row's column is found by position (np.unique's inverse) on the lambda values as parsed,
+    # never by recomputing a logarithm and searching for it: np.log10 and math.log10 differ in the
+    # last bit on some CPUs, which would put a value in a neighbouring column.
+    P, row_P = np.unique(np.array([p for p, _, _, _ in parsed], dtype=np.int64), return_inverse=True)
+    lambdas, row_lam = np.unique(np.array([lam for _, _, lam, _ in parsed], dtype=np.float64), return_inverse=True)
+    log10_grid = np.log10(lambdas)
     mean = np.full((P.size, log10_grid.size), np.nan)
     filled = np.zeros_like(mean, dtype=bool)
-    for p, _, lam, err in parsed:
-        i, j = int(np.searchsorted(P, p)), int(np.searchsorted(log10_grid, math.log10(lam)))
+    for (p, _, lam, err), i, j in zip(parsed, row_P.ravel(), row_lam.ravel()):
         if filled[i, j]:
             raise DataError(
                 f"{path}: two rows for P={p}, lambda={lam:g}; mean curves have one value per point "
