@@ -115,7 +115,9 @@ def fit_command(
     options = FitOptions(
         window=window, law1_min_P=law1_min_P, law2_min_P=law2_min_P, method=method, law2_offset=law2_offset
     )
-    kwargs = dict(options=options, grid=grid, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=not quiet)
+    kwargs: dict[str, Any] = dict(
+        options=options, grid=grid, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=not quiet
+    )
     if lambda_star_csv is not None:
         kwargs.update(lambda_star=read_lambda_star_csv(lambda_star_csv), lambda_star_source=lambda_star_csv)
     result: FitResult

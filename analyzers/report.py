@@ -86,7 +86,7 @@ def report_sections() -> list[Any]:
     return sorted((reg.get(n) for n in reg.names()), key=lambda s: (getattr(s, "order", 100), s.name))
 
 
-def figure_style() -> dict[str, Any]:
+def figure_style() -> dict[Any, Any]:  # Any keys: matplotlib types rc keys as a Literal of every name
     """Matplotlib rc parameters of every report figure: seaborn's whitegrid look, applied locally."""
     import seaborn as sns
 

@@ -82,8 +82,8 @@ def choose_window(
         )
     best = min(s[0] for s in scored)
     acceptable = [s for s in scored if s[0] <= best + agree_tol]
-    score, _, b, a = max(acceptable, key=lambda s: (round(s[1], 9), -s[0], s[2]))
-    return WindowChoice((10.0**a, 10.0**b), score, tried)
+    score, _, hi, lo = max(acceptable, key=lambda s: (round(s[1], 9), -s[0], s[2]))
+    return WindowChoice((10.0**lo, 10.0**hi), score, tried)
 
 
 def window_sensitivity(

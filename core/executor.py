@@ -247,8 +247,8 @@ def _dask_map(
         # pure=False: two equal tasks are two runs; retries: idempotent tasks may rerun safely.
         futures = {client.submit(fn, t, retries=retries, pure=False): t for t in tasks}
         for fut in dask_as_completed(futures, loop=client.loop):
-            exc = fut.exception()
-            yield futures[fut], exc if exc is not None else fut.result()
+            failure = fut.exception()
+            yield futures[fut], failure if failure is not None else fut.result()
 
 
 def _local(fn: Callable[[T], Any], tasks: list[T], jobs: int) -> Iterator[tuple[T, Any]]:
@@ -264,8 +264,8 @@ def _local(fn: Callable[[T], Any], tasks: list[T], jobs: int) -> Iterator[tuple[
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
         futures = {pool.submit(fn, t): t for t in tasks}
         for fut in as_completed(futures):
-            exc = fut.exception()
-            yield futures[fut], exc if exc is not None else fut.result()
+            failure = fut.exception()
+            yield futures[fut], failure if failure is not None else fut.result()
 
 
 def map_tasks(

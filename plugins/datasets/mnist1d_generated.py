@@ -72,7 +72,7 @@ class MNIST1D:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 with replacing(cache) as tmp:
                     with open(tmp, "wb") as fh:
-                        np.savez(fh, **arrays)
+                        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
 
         def signals(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(1)
