@@ -113,7 +113,7 @@ def read_resume(run: Run, device: torch.device) -> ResumePoint | None:
         )
     perm = tensors["order.perm"].to(device) if "order.perm" in tensors else None
     at = Position(step=int(meta["step"]), samples_seen=int(meta["samples_seen"]), perm=perm, pos=int(meta["pos"]))
-    rng = {k: tensors[k].clone() for k in ("rng.torch", "rng.cuda") if k in tensors}
+    rng: dict[str, torch.Tensor] = {k: tensors[k].clone() for k in ("rng.torch", "rng.cuda") if k in tensors}
     return ResumePoint(
         at,
         run.load_state_dict(steps.index(meta["step"])),

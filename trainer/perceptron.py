@@ -234,16 +234,18 @@ class BatchedDescent:
             raise ConfigError(f"P={list(P)}: need increasing sample counts ending at Z's {P_max} rows")
         self.Z, self.P, self.kernel = Z, list(P), kernel
         self.safety, self.rho = safety, rho
-        opts = {"dtype": Z.dtype, "device": Z.device}
+        dtype, device = Z.dtype, Z.device
         A = len(self.P)
-        self.V = torch.zeros(S, A, N, **opts)
-        self.G = torch.zeros(S, A, N, **opts)  # sum_mu -y_mu x_mu sigma(-m_mu): P times the gradient
-        self.M = torch.zeros(S, A, P_max, **opts)  # margins y_mu v.x_mu; row mu valid for mu < P[a]
-        self.eta = torch.full((S, A), lr0, **opts)
-        self.theta = torch.full((S, A), math.inf, **opts)
+        self.V = torch.zeros(S, A, N, dtype=dtype, device=device)
+        self.G = torch.zeros(
+            S, A, N, dtype=dtype, device=device
+        )  # sum_mu -y_mu x_mu sigma(-m_mu): P times the gradient
+        self.M = torch.zeros(S, A, P_max, dtype=dtype, device=device)  # margins y_mu v.x_mu; row mu valid for mu < P[a]
+        self.eta = torch.full((S, A), lr0, dtype=dtype, device=device)
+        self.theta = torch.full((S, A), math.inf, dtype=dtype, device=device)
         self.v_prev: torch.Tensor | None = None
         self.g_prev: torch.Tensor | None = None
-        self._P = torch.tensor(self.P, **opts).reshape(1, A, 1)
+        self._P = torch.tensor(self.P, dtype=dtype, device=device).reshape(1, A, 1)
         starts = [0, *self.P[:-1]]
         self.blocks = [(a, lo, hi) for a, (lo, hi) in enumerate(zip(starts, self.P))]
         rows = max(1, CHUNK_BYTES // (Z.element_size() * N))
