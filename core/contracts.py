@@ -1,22 +1,40 @@
-"""What plugins provide: the typed shape of measures, models, datasets and
-report sections. Plugins need not inherit from these Protocols; they only
-have to match them (duck typing, checked where used)."""
+"""What plugins provide, and the check that holds them to it at registration.
+
+The Protocols give the typed shape of each kind; plugins need not inherit
+from them. :func:`check_contract` is what the plugin host runs on every
+object a plugin registers: a missing or wrong attribute is a PluginError
+naming the plugin, the object and the attribute, raised when the registry is
+built, not later when the object is first used.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+from normdyn.core.errors import PluginError
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover - torch stays out of core's import graph until data is loaded
+    import torch
     from torch import nn
 
-__all__ = ["Measure", "ModelFamily", "DatasetSource", "DatasetTensors", "ReportSection"]
+__all__ = [
+    "MEASURE_NEEDS",
+    "FITTER_LAWS",
+    "Measure",
+    "Fitter",
+    "ModelFamily",
+    "Dataset",
+    "DatasetTensors",
+    "ReportSection",
+    "check_contract",
+]
+
+MEASURE_NEEDS = frozenset({"weights", "model", "data"})
+FITTER_LAWS = ("law1", "law2", "eps_star")
 
 
-@runtime_checkable
 class Measure(Protocol):
     """A complexity measure of one checkpoint.
 
@@ -33,6 +51,21 @@ class Measure(Protocol):
     params: Mapping[str, Any]
 
     def compute(self, view: Any, state: dict[str, Any]) -> float | dict[str, float]: ...
+
+
+class Fitter(Protocol):
+    """A scaling-law estimator class (scikit-learn style).
+
+    ``law`` says what it estimates (one of :data:`FITTER_LAWS`); ``__init__``
+    only stores hyperparameters, ``fit`` returns self, fitted attributes end
+    in ``_``. The signature of ``fit`` and the fitted attributes are fixed per
+    law (docs/plugins.md).
+    """
+
+    name: str
+    law: str
+
+    def fit(self, *args: Any) -> Fitter: ...
 
 
 @dataclass
@@ -54,8 +87,7 @@ class DatasetTensors:
     exact_test_error: Callable[[nn.Module], float | None] | None = None
 
 
-@runtime_checkable
-class DatasetSource(Protocol):
+class Dataset(Protocol):
     """A named dataset. ``load`` returns all of it as tensors; a dataset that
     is absent raises DataError naming the expected path and ``--download``."""
 
@@ -64,7 +96,6 @@ class DatasetSource(Protocol):
     def load(self, *, root: str | None = None, download: bool = False, **params: Any) -> DatasetTensors: ...
 
 
-@runtime_checkable
 class ModelFamily(Protocol):
     """A named model family.
 
@@ -80,7 +111,6 @@ class ModelFamily(Protocol):
     def build(self, spec: Mapping[str, Any]) -> nn.Module: ...
 
 
-@runtime_checkable
 class ReportSection(Protocol):
     """A part of the report of one (store, measure); see docs/report.md.
 
@@ -95,3 +125,73 @@ class ReportSection(Protocol):
     name: str
 
     def render(self, context: Any, out: Any) -> None: ...
+
+
+def _fail(kind: str, owner: str, obj: Any, problem: str) -> PluginError:
+    name = getattr(obj, "name", None)
+    label = f"{kind[:-1].replace('_', ' ')} {name!r}" if isinstance(name, str) and name else repr(obj)
+    return PluginError(f"plugin {owner!r} registered {label}: {problem}")
+
+
+def _methods(kind: str, owner: str, obj: Any, methods: tuple[str, ...]) -> None:
+    for method in methods:
+        if not callable(getattr(obj, method, None)):
+            raise _fail(kind, owner, obj, f"no {method}() method")
+
+
+def _measure(owner: str, obj: Any) -> None:
+    if not isinstance(getattr(obj, "version", None), str):
+        raise _fail("measures", owner, obj, "'version' must be a string (bump it when values change)")
+    needs = getattr(obj, "needs", None)
+    if not isinstance(needs, (set, frozenset, tuple, list)) or not all(isinstance(n, str) for n in needs):
+        raise _fail("measures", owner, obj, f"'needs' must be a set of names within {sorted(MEASURE_NEEDS)}")
+    unknown = sorted(set(needs) - MEASURE_NEEDS)
+    if unknown:
+        raise _fail(
+            "measures", owner, obj, f"'needs' holds {', '.join(unknown)}; allowed: {', '.join(sorted(MEASURE_NEEDS))}"
+        )
+    if not isinstance(getattr(obj, "params", None), Mapping):
+        raise _fail("measures", owner, obj, "'params' must be a mapping of parameter defaults (may be empty)")
+    _methods("measures", owner, obj, ("compute",))
+
+
+_PENDING_LAW_CHECK = False  # TEMPORARY until the built-in fitters carry 'law'
+
+
+def _fitter(owner: str, obj: Any) -> None:
+    if not isinstance(obj, type):
+        raise _fail("fitters", owner, obj, "a fitter is registered as a class (instantiated with its hyperparameters)")
+    law = getattr(obj, "law", None)
+    if law not in FITTER_LAWS and _PENDING_LAW_CHECK:
+        raise _fail("fitters", owner, obj, f"'law' is {law!r}; use one of {', '.join(FITTER_LAWS)}")
+    _methods("fitters", owner, obj, ("fit",))
+
+
+def _report_section(owner: str, obj: Any) -> None:
+    _methods("report_sections", owner, obj, ("render",))
+    title = getattr(obj, "title", None)
+    if title is not None and not isinstance(title, str):
+        raise _fail("report_sections", owner, obj, f"'title' must be a string, not {type(title).__name__}")
+    order = getattr(obj, "order", 100)
+    if isinstance(order, bool) or not isinstance(order, (int, float)):
+        raise _fail("report_sections", owner, obj, f"'order' must be a number, not {type(order).__name__}")
+
+
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "measures": _measure,
+    "fitters": _fitter,
+    "models": lambda owner, obj: _methods("models", owner, obj, ("spec", "build")),
+    "datasets": lambda owner, obj: _methods("datasets", owner, obj, ("load",)),
+    "report_sections": _report_section,
+}
+
+
+def check_contract(kind: str, obj: Any, owner: str) -> str:
+    """Check ``obj`` against the contract of ``kind``; return its name or raise PluginError naming ``owner``."""
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(
+            f"plugin {owner!r} registered a {kind[:-1].replace('_', ' ')} without a string 'name': {obj!r}"
+        )
+    _CHECKS[kind](owner, obj)
+    return name

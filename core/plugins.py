@@ -1,36 +1,46 @@
-"""The plugin host: one pluggy manager, loaded once and lazily.
+"""The plugin host: one pluggy manager; plugins found through entry points, loaded lazily.
 
-Built-in plugins are the modules named in :data:`DEFAULT_PLUGINS`; third-party
-plugins come from the ``normdyn`` entry-point group. ``NORMDYN_LOAD_PLUGINS``
-(comma-separated entry-point names; empty = none) restricts which third-party
-plugins load; built-ins always load. Set ``NORMDYN_TRACE_PLUGINS=1`` to print
-every hook call to stderr.
+Every plugin, normdyn's own included, is an entry point of the ``normdyn``
+group; core names none of them (normdyn's own are declared in its
+pyproject.toml, the way xarray declares its built-in backends). An entry
+point whose name starts with a registry kind and a dot (``measures.spectral``,
+``models.cnn``, ``fitters.law1``, ``datasets.teacher``,
+``report_sections.fit_tables``) promises to implement that kind's hook only;
+it is imported when that registry is first needed, so ``normdyn --help`` and
+the store commands never import what the measures need. Any other entry point
+is loaded when the CLI starts and may implement every hook.
 
-Registries (measures, fitters, models, datasets, report sections) are built
-by calling each plugin's hook separately, so every registered object is known
-with the plugin that provided it, and duplicate names are reported with both.
+``NORMDYN_LOAD_PLUGINS`` (comma-separated entry-point names; empty = none)
+restricts which third-party plugins load; normdyn's own always load. Under
+pytest (``sys._called_from_test``) third-party plugins load only when that
+variable names them. ``NORMDYN_TRACE_PLUGINS=1`` prints every hook call to
+stderr.
+
+Registries (measures, fitters, models, datasets, report sections) are built by
+calling each plugin's hook through pluggy (one subset caller per plugin, so
+tracing sees every call), so every registered object is known with the plugin
+that provided it; duplicate names and objects that break their kind's contract
+(:mod:`normdyn.core.contracts`) are errors naming the plugin.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-import click
 import pluggy
 
 from normdyn.core import hookspecs
+from normdyn.core.contracts import check_contract
 from normdyn.core.errors import PluginError, UnknownNameError
 
 __all__ = [
-    "DEFAULT_PLUGINS",
     "KINDS",
     "pm",
-    "get_plugin_manager",
     "load_plugins",
     "registry",
     "get",
@@ -38,92 +48,99 @@ __all__ = [
     "plugin_summary",
     "register_plugin",
     "unregister_plugin",
+    "register_commands",
+    "builtin_entry_points",
 ]
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    # models
-    "normdyn.plugins.models.perceptron",
-    "normdyn.plugins.models.cnn",
-    "normdyn.plugins.models.resnet",
-    "normdyn.plugins.models.vit",
-    "normdyn.plugins.models.mlp",
-    "normdyn.plugins.models.cnn1d",
-    # datasets
-    "normdyn.plugins.datasets.teacher",
-    "normdyn.plugins.datasets.torchvision_images",
-    "normdyn.plugins.datasets.mnist1d_generated",
-    # measures
-    "normdyn.plugins.measures.perceptron",
-    "normdyn.plugins.measures.spectral",
-    "normdyn.plugins.measures.norms",
-    "normdyn.plugins.measures.path_norm",
-    "normdyn.plugins.measures.conv_operator",
-    "normdyn.plugins.measures.data_measures",
-    # fitters
-    "normdyn.plugins.fitters.powerlaw",
-    "normdyn.plugins.fitters.law1_collapse",
-    "normdyn.plugins.fitters.per_p_laws",
-    "normdyn.plugins.fitters.combined",
-    # report sections
-    "normdyn.plugins.reports.fit_tables",
-    "normdyn.plugins.reports.fit_figures",
-    "normdyn.plugins.reports.run_figures",
-    # commands
-    "normdyn.analyzers.perceptron_commands",
-    "normdyn.analyzers.report_commands",
-    "normdyn.analyzers.demo_commands",
-    "normdyn.trainer.commands",
-    "normdyn.analyzers.fit_commands",
-    "normdyn.analyzers.analyze_commands",
-)
-
 KINDS = ("measures", "fitters", "models", "datasets", "report_sections")
+_OWN_DISTRIBUTION = "normdyn"
 
 pm = pluggy.PluginManager("normdyn")
 pm.add_hookspecs(hookspecs)
-_loaded = False
+_started = False
+_loaded_kinds: set[str] = set()
 _registries: dict[str, Registry] = {}
 
 
-def load_plugins() -> pluggy.PluginManager:
-    """Load built-in and entry-point plugins (once) and return the manager."""
-    global _loaded
-    if _loaded:
-        return pm
-    _loaded = True
-    if os.environ.get("NORMDYN_TRACE_PLUGINS"):
-        pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
-        pm.enable_tracing()
+def _is_own(ep: EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is not None and dist.metadata["Name"].lower().replace("_", "-") == _OWN_DISTRIBUTION
+
+
+def _kind_of(ep: EntryPoint) -> str | None:
+    prefix = ep.name.split(".", 1)[0]
+    return prefix if "." in ep.name and prefix in KINDS else None
+
+
+def _wanted_entry_points() -> list[EntryPoint]:
     allowed = os.environ.get("NORMDYN_LOAD_PLUGINS")
     wanted = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
-    if not getattr(sys, "_called_from_test", False) or wanted is not None:
-        for ep in entry_points(group="normdyn"):
-            if wanted is not None and ep.name not in wanted:
-                continue
-            if pm.get_plugin(ep.name) is not None:
-                continue
-            try:
-                pm.register(ep.load(), name=ep.name)
-            except Exception as exc:  # a broken third-party plugin must name itself
-                raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-    for module_name in DEFAULT_PLUGINS:
-        if pm.get_plugin(module_name) is None:
-            pm.register(importlib.import_module(module_name), name=module_name)
-    pm.check_pending()
+    third_party_ok = not getattr(sys, "_called_from_test", False) or wanted is not None
+    out = []
+    for ep in entry_points(group="normdyn"):
+        if _is_own(ep):
+            out.append(ep)
+        elif third_party_ok and (wanted is None or ep.name in wanted):
+            out.append(ep)
+    return out
+
+
+def builtin_entry_points() -> list[EntryPoint]:
+    """normdyn's own plugins, as declared in its package metadata."""
+    return [ep for ep in entry_points(group="normdyn") if _is_own(ep)]
+
+
+def _register_entry_point(ep: EntryPoint) -> None:
+    if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+        return
+    try:
+        plugin = ep.load()
+    except Exception as exc:  # a broken plugin must name itself
+        raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+    pm.register(plugin, name=ep.name)
+    kind = _kind_of(ep)
+    if kind is not None:
+        others = {caller.name for caller in pm.get_hookcallers(plugin) or []} - {f"register_{kind}"}
+        if others:
+            pm.unregister(name=ep.name)
+            raise PluginError(
+                f"plugin {ep.name!r} ({ep.value}) is named for {kind} only but implements "
+                f"{', '.join(sorted(others))}; rename its entry point (no '{kind}.' prefix) to load it at start"
+            )
+
+
+def load_plugins(kind: str | None = None) -> pluggy.PluginManager:
+    """Load the plugins loaded at start (once) and, with ``kind``, those named for that registry kind."""
+    global _started
+    if not _started:
+        _started = True
+        if os.environ.get("NORMDYN_TRACE_PLUGINS"):
+            pm.trace.root.setwriter(sys.stderr.write)
+            pm.enable_tracing()
+        for ep in _wanted_entry_points():
+            if _kind_of(ep) is None:
+                _register_entry_point(ep)
+        pm.check_pending()
+    kinds = KINDS if kind == "all" else () if kind is None else (kind,)
+    for k in kinds:
+        if k in _loaded_kinds:
+            continue
+        _loaded_kinds.add(k)
+        for ep in _wanted_entry_points():
+            if _kind_of(ep) == k:
+                _register_entry_point(ep)
+        pm.check_pending()
     return pm
-
-
-def get_plugin_manager() -> pluggy.PluginManager:
-    """The plugin manager with all plugins loaded."""
-    return load_plugins()
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> None:
     """Register ``plugin`` (a module or object with hook implementations)."""
-    load_plugins()
+    load_plugins("all")
     pm.register(plugin, name=name)
-    pm.check_pending()
-    _registries.clear()
+    try:
+        pm.check_pending()
+    finally:
+        _registries.clear()
 
 
 def unregister_plugin(plugin: Any = None, name: str | None = None) -> None:
@@ -146,34 +163,45 @@ class Registry:
             return self.items[name]
         except KeyError:
             available = ", ".join(sorted(self.items)) or "none"
-            raise UnknownNameError(
-                f"unknown {self.kind[:-1].replace('_', ' ')} {name!r}; available: {available}"
-            ) from None
+            what = self.kind[:-1].replace("_", " ")
+            raise UnknownNameError(f"unknown {what} {name!r}; available: {available}") from None
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self.items)
 
 
+def _per_plugin(hook_name: str) -> list[tuple[str, Callable[..., Any]]]:
+    """(plugin name, a caller of ``hook_name`` for that plugin alone), in registration order.
+
+    Subset callers go through the manager's hook execution, so tracing and
+    hook-call monitoring see every call.
+    """
+    caller = getattr(pm.hook, hook_name)
+    impls = caller.get_hookimpls()
+    out = []
+    for impl in impls:
+        others = [i.plugin for i in impls if i is not impl]
+        out.append((impl.plugin_name, pm.subset_hook_caller(hook_name, remove_plugins=others)))
+    return out
+
+
 def _build(kind: str) -> Registry:
     reg = Registry(kind)
-    caller = getattr(pm.hook, f"register_{kind}")
-    for impl in caller.get_hookimpls():  # registration order
-        owner = impl.plugin_name
+    what = kind[:-1].replace("_", " ")
+    for owner, call in _per_plugin(f"register_{kind}"):
 
         def register(obj: Any, _owner: str = owner) -> None:
-            name = getattr(obj, "name", None)
-            if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin {_owner!r} registered a {kind[:-1]} without a string 'name': {obj!r}")
+            name = check_contract(kind, obj, _owner)
             if name in reg.items:
                 raise PluginError(
-                    f"duplicate {kind[:-1].replace('_', ' ')} name {name!r}: registered by plugin "
+                    f"duplicate {what} name {name!r}: registered by plugin "
                     f"{reg.owners[name]!r} and by plugin {_owner!r}"
                 )
             reg.items[name] = obj
             reg.owners[name] = _owner
 
-        impl.function(register=register)
+        call(register=register)
     return reg
 
 
@@ -181,7 +209,7 @@ def registry(kind: str) -> Registry:
     """The registry of ``kind`` (one of :data:`KINDS`), built on first use."""
     if kind not in KINDS:
         raise PluginError(f"unknown registry kind {kind!r}; use one of {', '.join(KINDS)}")
-    load_plugins()
+    load_plugins(kind)
     if kind not in _registries:
         _registries[kind] = _build(kind)
     return _registries[kind]
@@ -197,20 +225,20 @@ def names(kind: str) -> list[str]:
     return registry(kind).names()
 
 
-def register_commands(cli: click.Group) -> dict[str, list[str]]:
-    """Let every plugin add its commands to ``cli``; return commands per plugin."""
+def register_commands(cli: Any) -> dict[str, list[str]]:
+    """Let every plugin loaded at start add its commands to ``cli``; return the command names per plugin."""
     load_plugins()
     added: dict[str, list[str]] = {}
-    for impl in pm.hook.register_commands.get_hookimpls():
-        before = set(cli.commands)
-        impl.function(cli=cli)
-        added[impl.plugin_name] = sorted(set(cli.commands) - before)
+    for owner, call in _per_plugin("register_commands"):
+        before = set(cli.list_commands(None))
+        call(cli=cli)
+        added[owner] = sorted(set(cli.list_commands(None)) - before)
     return added
 
 
 def plugin_summary(commands: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """One dict per plugin: ``name`` and, per hook kind, the names it registered."""
-    load_plugins()
+    load_plugins("all")
     out: dict[str, dict[str, Any]] = {}
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
@@ -221,5 +249,6 @@ def plugin_summary(commands: dict[str, list[str]] | None = None) -> list[dict[st
         for obj_name, owner in reg.owners.items():
             out[owner][kind].append(obj_name)
     for owner, cmds in (commands or {}).items():
-        out[owner]["commands"] = cmds
+        if owner in out:
+            out[owner]["commands"] = cmds
     return [out[k] for k in sorted(out)]
