@@ -139,17 +139,6 @@ class MeanCurves:
             raise DataError(f"{source}: lambda_star must be finite and > 0")
         return replace(self, log10_lambda_star=np.log10(values), lambda_star_source=source)
 
-    def select_P(self, keep: np.ndarray) -> MeanCurves:
-        """The rows where the boolean mask ``keep`` is true."""
-        return replace(
-            self,
-            P=self.P[keep],
-            mean_error=self.mean_error[keep],
-            log10_lambda_star=self.log10_lambda_star[keep],
-            n_seeds=None if self.n_seeds is None else self.n_seeds[keep],
-            n_runs=None if self.n_runs is None else self.n_runs[keep],
-        )
-
 
 @dataclass
 class SeedGrid:
