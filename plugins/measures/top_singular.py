@@ -8,13 +8,24 @@ singular vectors converges in one or two passes over the weights.
 
 Convergence is tested, not assumed: after each Rayleigh-Ritz step on the
 Gram operator A = M M^T (block of k vectors, Ritz values theta_1 >= theta_2,
-residual norms r_1, r_2), the Kato-Temple bound
-``theta_1 <= lambda_1 <= theta_1 + r_1^2 / (theta_1 - theta_2 - r_2)`` with
-the second Ritz pair as the gap estimate bounds the error of sigma_1^2;
-iteration stops when that bound is below ``tol * theta_1`` (relative error
-of sigma_1 below tol/2). Matrices small enough are decomposed exactly, and a
-matrix whose iteration has not converged after ``max_iter`` steps falls back
-to the exact eigen-decomposition of its float64 Gram matrix.
+residual norms r_1, r_2) the error of lambda_1 = sigma_1^2 is bounded by
+
+- Kato-Temple, with the second Ritz pair as the gap estimate:
+  ``theta_1 <= lambda_1 <= theta_1 + r_1^2 / (theta_1 - theta_2 - r_2)``;
+- Krylov-Weinstein, which needs no gap and so also holds for a repeated or
+  clustered top eigenvalue: an eigenvalue lies in ``[theta_1 - r_1, theta_1 + r_1]``;
+
+iteration stops when either bound is below ``tol * theta_1`` (relative error
+of sigma_1 below tol/2). Matrices small enough are decomposed exactly. The
+iteration of a float32 matrix runs its products in float32, whose rounding
+alone puts up to 4.2e-7 relative error on sigma_1 (measured); so its top
+Ritz vector is refined once in float64 (the Rayleigh quotient and residual of
+the float64 matrix), the bound is tested again on those, and sigma_1 is the
+square root of the float64 Rayleigh quotient. A matrix that does not meet
+the bound after ``max_iter`` steps, or after that refinement, falls back to
+the exact eigen-decomposition of its float64 Gram matrix. The refinement
+costs two float64 matrix-vector products: about half of a warm-started call
+(5.4 of 10.5 ms on a 512 x 4608 float32 matrix, 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -54,10 +65,13 @@ def _ritz(block: torch.Tensor, gram_block: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _converged(theta: torch.Tensor, resid: torch.Tensor, tol: float) -> bool:
+    """Whether the Krylov-Weinstein or the Kato-Temple bound on lambda_1 - theta_1 is <= tol * theta_1."""
     if theta[0] <= 0:
         return True  # a zero operator: sigma_1 = 0 exactly
+    if resid[0] <= tol * theta[0]:
+        return True  # Krylov-Weinstein
     if len(theta) == 1:
-        return bool(resid[0] <= tol * theta[0])
+        return False
     gap = theta[0] - theta[1] - resid[1]
     if gap <= 0:
         return False
@@ -71,17 +85,34 @@ def _orthonormal(block: torch.Tensor) -> torch.Tensor:
 
 def _iterate(
     gram: Callable[[torch.Tensor], torch.Tensor], block: torch.Tensor, tol: float, max_iter: int
-) -> tuple[float, torch.Tensor, int, bool]:
-    """Subspace iteration with Rayleigh-Ritz; returns (theta_1, block, iterations, converged)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, bool]:
+    """Subspace iteration with Rayleigh-Ritz; returns (Ritz values, block, residuals, iterations, converged)."""
     block = _orthonormal(block)
-    theta = torch.zeros(1, dtype=torch.float64)
+    theta = resid = torch.zeros(1, dtype=torch.float64)
     for it in range(1, max_iter + 1):
         gb = gram(block)
         theta, vecs, resid = _ritz(block, gb)
         if _converged(theta, resid, tol):
-            return float(theta[0]), vecs, it, True
+            return theta, vecs, resid, it, True
         block = _orthonormal(gb)
-    return float(theta[0]), block, max_iter, False
+    return theta, block, resid, max_iter, False
+
+
+def _refine64(
+    m64: torch.Tensor, wide: bool, theta: torch.Tensor, vecs: torch.Tensor, resid: torch.Tensor, tol: float
+) -> float | None:
+    """theta_1 recomputed in float64 from the top Ritz vector v (v^T A v / v^T v, A = M M^T if
+    ``wide`` else M^T M), or None when its float64 residual fails the bound of :func:`_converged`
+    (the second Ritz pair of the float32 step stays the gap estimate)."""
+    v = vecs[:, 0].double()
+    v = v / torch.linalg.vector_norm(v)
+    u = m64.T @ v if wide else m64 @ v
+    theta1 = u @ u
+    av = m64 @ u if wide else m64.T @ u
+    r1 = torch.linalg.vector_norm(av - theta1 * v)
+    theta64 = torch.cat([theta1.reshape(1).cpu(), theta[1:].cpu()])
+    resid64 = torch.cat([r1.reshape(1).cpu(), resid[1:].cpu()])
+    return float(theta1) if _converged(theta64, resid64, tol) else None
 
 
 def _start_block(
@@ -100,7 +131,11 @@ def matrix_top_singular(
 
     Small matrices (m * n * min(m, n) <= 5e7) get an exact float64 Gram eigenvalue. Larger
     ones iterate on the Gram operator of the shorter side with a block of 8
-    vectors in the matrix's own dtype (float32 products, float64 Ritz step);
+    vectors in the matrix's own dtype (float32 products, float64 Ritz step),
+    then refine the top Ritz vector once in float64 (module docstring), so the
+    relative error of sigma_1 is below tol/2 (measured at most 2.6e-8 with
+    the default tol 1e-7, on float32 matrices up to 4608 x 512 with
+    clustered, repeated and widely spread singular values);
     without convergence after ``max_iter`` steps, the float64 Gram matrix is
     eigen-decomposed exactly, which also provides the next warm start (a
     warm start from a slightly different matrix with a separated top
@@ -127,10 +162,12 @@ def matrix_top_singular(
 
     k = min(_BLOCK, dim)
     start = _start_block(dim, k, warm, work.dtype, work.device, seed)
-    theta, block, iters, ok = _iterate(gram, start, tol, max_iter)
-    if ok:
-        return TopSingular(max(theta, 0.0) ** 0.5, block, iters, "iteration")
+    theta, block, resid, iters, ok = _iterate(gram, start, tol, max_iter)
     w64 = work.double()
+    if ok:
+        theta1 = float(theta[0]) if work.dtype == torch.float64 else _refine64(w64, wide, theta, block, resid, tol)
+        if theta1 is not None:
+            return TopSingular(max(theta1, 0.0) ** 0.5, block, iters, "iteration")
     g = w64 @ w64.T if wide else w64.T @ w64
     evals, evecs = torch.linalg.eigh(g)
     top = evecs[:, -k:].flip(1).to(work.dtype)
@@ -157,7 +194,8 @@ def operator_top_singular(
     """
     k = min(block_size, dim)
     start = _start_block(dim, k, warm, dtype, torch.device(device), seed)
-    theta, block, iters, ok = _iterate(apply_gram, start, tol, max_iter)
+    theta, block, _, iters, ok = _iterate(apply_gram, start, tol, max_iter)
+    top = max(float(theta[0]), 0.0)
     if not ok:
-        raise ArithmeticError(f"operator norm did not converge in {max_iter} iterations (sigma_1 ~ {theta**0.5:.6g})")
-    return TopSingular(max(theta, 0.0) ** 0.5, block, iters, "iteration")
+        raise ArithmeticError(f"operator norm did not converge in {max_iter} iterations (sigma_1 ~ {top**0.5:.6g})")
+    return TopSingular(top**0.5, block, iters, "iteration")
