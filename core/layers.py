@@ -65,13 +65,37 @@ class LayerSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LayerSpec:
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        """Inverse of :meth:`to_dict`; unknown, missing or malformed keys are an error naming them."""
+        if not isinstance(d, Mapping):
+            raise StoreError(f"layer spec {d!r}: expected an object with 'name', 'kind' and 'weight'")
+        label = d.get("name", "?")
         known = set(cls.__dataclass_fields__)
         extra = set(d) - known
         if extra:
-            raise StoreError(f"layer spec {d.get('name', '?')!r}: unknown keys {sorted(extra)}")
+            raise StoreError(f"layer spec {label!r}: unknown keys {sorted(extra)}")
+        missing = [k for k in _REQUIRED if k not in d]
+        if missing:
+            raise StoreError(f"layer spec {label!r}: missing keys {missing}")
         kw = dict(d)
-        for key in ("rows", "in_shape", "stride", "padding", "dilation"):
+        for key in _STRINGS:
+            if not isinstance(kw.get(key), str) and not (key == "bias" and kw.get(key) is None):
+                raise StoreError(f"layer spec {label!r}: {key} {kw.get(key)!r} is not a string")
+        for key in _INT_TUPLES:
             if kw.get(key) is not None:
-                kw[key] = tuple(int(v) for v in kw[key])
+                kw[key] = _int_tuple(label, key, kw[key], _INT_TUPLES[key])
+        if not isinstance(kw.get("groups", 1), int) or kw.get("groups", 1) < 1:
+            raise StoreError(f"layer spec {label!r}: groups {kw['groups']!r} is not a positive integer")
         return cls(**kw)
+
+
+_REQUIRED = ("name", "kind", "weight")
+_STRINGS = ("name", "kind", "weight", "bias")
+#: tuple-valued keys and their least allowed element (a stride or dilation of 0 is no conv)
+_INT_TUPLES = {"rows": 0, "in_shape": 1, "stride": 1, "padding": 0, "dilation": 1}
+
+
+def _int_tuple(label: str, key: str, value: Any, least: int) -> tuple[int, ...]:
+    """``value`` as a tuple of integers >= ``least`` (shapes, offsets, conv geometry), or a StoreError."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and v >= least for v in value):
+        raise StoreError(f"layer spec {label!r}: {key} {value!r} is not a list of integers >= {least}")
+    return tuple(value)

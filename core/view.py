@@ -31,10 +31,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from normdyn.core.store import Run
 
-__all__ = ["RunContext", "CheckpointView", "infer_layers", "BUFFER_SUFFIXES"]
+__all__ = [
+    "RunContext",
+    "CheckpointView",
+    "infer_layers",
+    "spec_layers",
+    "BUFFER_SUFFIXES",
+    "LAYER_ORDER_KEY",
+    "ORDER_STATE_DICT",
+    "ORDER_FILE",
+]
 
 #: State-dict entries that are buffers, not parameters (BatchNorm statistics).
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+#: ``model_spec`` key saying where the order of a spec-less run's tensors comes from:
+#: :data:`ORDER_STATE_DICT` (a ``state_dict()``'s registration order, i.e. forward order
+#: for sequential models) or :data:`ORDER_FILE` (the order of a foreign file, e.g.
+#: ``safetensors.save_file``'s alphabetical one: a guess).
+LAYER_ORDER_KEY = "layer_order"
+ORDER_STATE_DICT = "state_dict"
+ORDER_FILE = "file"
 _WEIGHT_NDIM = {"linear": 2, "conv1d": 3, "conv2d": 4, "attn_q": 2, "attn_k": 2, "attn_v": 2, "attn_out": 2}
 
 
@@ -44,8 +60,11 @@ def infer_layers(file: CheckpointFile) -> list[LayerSpec]:
     Every 2-D tensor whose name ends in ``weight`` is a linear layer, every 4-D
     one a conv2d (stride 1, no padding, input shape unknown); a sibling
     ``bias`` tensor of matching length is its bias. File order is the order
-    the tensors were saved in, which for ``state_dict()`` is forward order of
-    module registration: a guess, hence the warning callers attach.
+    the tensors were saved in (:meth:`CheckpointFile.keys`), which is the
+    ``state_dict()`` order only when the file was written from a state dict
+    by normdyn; a foreign ``.safetensors`` file lists its tensors sorted by
+    name. Whether the order can be trusted is the run's business
+    (:attr:`RunContext.layer_order_known`); callers attach a warning.
     """
     layers = []
     for key in file.keys():
@@ -103,6 +122,12 @@ class RunContext:
     def for_run(cls, run: Run, *, device: str = "cpu", data_root: str | None = None) -> RunContext:
         """The context of ``run`` (its first checkpoint is the initial point)."""
         attrs = run.attrs
+        for key in ("model_spec", "dataset"):
+            if not isinstance(attrs.get(key) or {}, dict):
+                raise StoreError(f"{run.index}: attribute {key!r} is a JSON {type(attrs[key]).__name__}, not an object")
+        for key in ("P", "seed"):
+            if not isinstance(attrs.get(key, 0), int):
+                raise StoreError(f"{run.index}: attribute {key!r} is {attrs[key]!r}, not an integer")
         return cls(
             model_spec=attrs.get("model_spec") or {},
             dataset=attrs.get("dataset") or {},
@@ -118,7 +143,7 @@ class RunContext:
         if self._layers is None:
             specs = self.model_spec.get("layers")
             if specs:
-                self._layers = [LayerSpec.from_dict(d) for d in specs]
+                self._layers = spec_layers(specs)
             elif file is not None:
                 self._layers = infer_layers(file)
                 self.warnings.append(
@@ -130,6 +155,12 @@ class RunContext:
                     "no layer list: the run has no model_spec['layers'] and no checkpoint to infer it from"
                 )
         return self._layers
+
+    @property
+    def layer_order_known(self) -> bool:
+        """True when the layers' forward order is known: listed by the spec, or a spec-less
+        run whose files keep the ``state_dict()`` order (``model_spec["layer_order"]``)."""
+        return bool(self.model_spec.get("layers")) or self.model_spec.get(LAYER_ORDER_KEY) == ORDER_STATE_DICT
 
     def has_spec(self) -> bool:
         """True when the run's model spec names a model family (the module can be rebuilt)."""
@@ -191,6 +222,19 @@ class RunContext:
         return self._initial
 
 
+def spec_layers(specs: Any) -> list[LayerSpec]:
+    """The :class:`LayerSpec` list of ``model_spec["layers"]``; a bad entry is a StoreError naming its index."""
+    if not isinstance(specs, list):
+        raise StoreError(f"model_spec['layers'] is a {type(specs).__name__}, not a list of layer objects")
+    layers = []
+    for i, d in enumerate(specs):
+        try:
+            layers.append(LayerSpec.from_dict(d))
+        except StoreError as exc:
+            raise StoreError(f"model_spec['layers'][{i}]: {exc}") from None
+    return layers
+
+
 class CheckpointView:
     """One checkpoint as measures see it: ordered layers and their tensors.
 
@@ -220,8 +264,23 @@ class CheckpointView:
     @classmethod
     def open(cls, path: Any, context: RunContext) -> CheckpointView:
         """Read the safetensors file at ``path`` (one read) and check it against the layers."""
-        file = CheckpointFile(path)
+        return cls.from_file(CheckpointFile(path), context)
+
+    @classmethod
+    def from_file(cls, file: CheckpointFile, context: RunContext) -> CheckpointView:
+        """The view of an opened checkpoint (e.g. ``run.checkpoint(row)``, hash-verified)."""
         return cls(file.load_all(), context, file=file, label=str(file.path))
+
+    def require_layer_order(self, measure: str) -> None:
+        """Refuse (MeasureError) an order-dependent ``measure`` when the layer order is a guess."""
+        if not self.context.layer_order_known:
+            raise MeasureError(
+                f"{self.label}: {measure} depends on the order of the layers, but this run has no layer "
+                f"list and its tensors are in file order, not forward order (a .safetensors file lists "
+                f"them sorted by name); give the order: re-import with `normdyn import --model SPEC` "
+                f"(a JSON file or object with 'layers' in forward order, or a model family 'name', "
+                f"'input_shape' and 'num_classes'), or from .pt state dicts, which keep it"
+            )
 
     @property
     def device(self) -> str:

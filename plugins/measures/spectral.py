@@ -101,6 +101,8 @@ def bartlett_dn(sigma: list[float], cols21: list[float]) -> float:
 class _SpectralBase:
     version = "1"
     needs = frozenset({"weights"})
+    #: Bartlett's form and the product are symmetric in the layers: any order gives the same value
+    order_dependent = False
 
     def __init__(self, fold_bn: bool = True, include_bias: bool = False, tol: float = DEFAULT_TOL):
         self.params: dict[str, Any] = {"fold_bn": fold_bn, "include_bias": include_bias, "tol": tol}
@@ -135,14 +137,20 @@ class SpectralComplexityDN(_SpectralBase):
     (not transposed); the last layer's term is 0. For comparison with the
     paper's numbers. Params: fold_bn (False: raw weights, as the reference),
     include_bias (False), tol (1e-7).
+
+    Order-dependent (each term sums the layers after i): refused on a run
+    whose layer order is a guess (layers inferred from a foreign
+    .safetensors file, which lists tensors sorted by name).
     """
 
     name = "spectral_complexity_dn"
+    order_dependent = True
 
     def __init__(self, fold_bn: bool = False, include_bias: bool = False, tol: float = DEFAULT_TOL):
         super().__init__(fold_bn=fold_bn, include_bias=include_bias, tol=tol)
 
     def compute(self, view: Any, state: dict[str, Any]) -> float:
+        view.require_layer_order(self.name)
         sigma = self._norms(view, state).sigma
         cols21 = column_norms21(view, fold_bn=self.params["fold_bn"], include_bias=self.params["include_bias"])
         return bartlett_dn(sigma, cols21)
