@@ -8,9 +8,11 @@ starts from one checkpoint to the next.
 
 A row of measure M is skipped when its stored record has the same checkpoint
 sha256, M's version and M's params, and no error; ``force`` recomputes.
-A failure (unreadable checkpoint, tensors that do not match the spec,
-non-finite weights, a measure raising) stores NaN and the error message in
-that row and the batch goes on.
+A failure (unreadable checkpoint, a hash that no longer matches, tensors or
+a layer spec that do not fit, non-finite weights, an order-dependent measure
+on a guessed layer order, a measure raising) stores NaN and the error
+message in that row and the batch goes on. A run that cannot be analysed at
+all (no checkpoints, a damaged index) is one error of the batch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from normdyn.core import plugins
-from normdyn.core.errors import ConfigError, NormdynError
+from normdyn.core.errors import ConfigError, NormdynError, StoreError
 from normdyn.core.executor import map_tasks
 from normdyn.core.store import MeasureRecord, Run, scan_runs
 from normdyn.core.view import CheckpointView, RunContext
@@ -208,6 +210,30 @@ def _nonfinite_message(view: CheckpointView, measure: str) -> str:
     return f"{measure} returned a non-finite value"
 
 
+def _read_message(exc: Exception, path: Path) -> str:
+    """Why the checkpoint at ``path`` could not be read, naming the file."""
+    if isinstance(exc, NormdynError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{path}: cannot read the checkpoint ({exc.strerror})"
+    return f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})"
+
+
+def _checkpoint_table(run: Run) -> dict[str, np.ndarray]:
+    """The run's ``/checkpoints`` table; a StoreError when it lists nothing or its columns disagree."""
+    table = run.checkpoints()
+    lengths = {name: len(column) for name, column in table.items()}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{name} {k}" for name, k in sorted(lengths.items()))
+        raise StoreError(
+            f"{run.index}: the /checkpoints columns have different lengths ({detail}); "
+            "run `normdyn store fsck --repair` on its store"
+        )
+    if not lengths.get("sha256"):
+        raise StoreError(f"{run.path}: no checkpoints to analyse (its index lists none)")
+    return table
+
+
 def analyze_run(task: RunTask) -> RunOutcome:
     """Compute the measures of ``task`` on every checkpoint of its run; store them in run.h5.
 
@@ -217,7 +243,7 @@ def analyze_run(task: RunTask) -> RunOutcome:
     outcome = RunOutcome(run_path=task.run_path)
     reg = plugins.registry("measures")
     measures = [reg.get(n) for n in task.measures]
-    table = run.checkpoints()
+    table = _checkpoint_table(run)
     sha = [str(s) for s in table["sha256"]]
     n = len(sha)
     records = [_Records(run, m, reg.owners[m.name], n, sha) for m in measures]
@@ -233,15 +259,18 @@ def analyze_run(task: RunTask) -> RunOutcome:
                 continue
             step = int(table["step"][row])
             try:
-                view = CheckpointView.open(run.path / str(table["file"][row]), context)
-            except NormdynError as exc:
+                view = CheckpointView.from_file(run.checkpoint(row), context)
+            except Exception as exc:  # an unreadable checkpoint or a broken layer spec fails this row only
+                message = _read_message(exc, run.path / str(table["file"][row]))
                 for r in todo:
-                    r.fail(row, str(exc))
-                    outcome.failures.append(f"{run.path.name} step {step} {r.measure.name}: {exc}")
+                    r.fail(row, message)
+                    outcome.failures.append(f"{run.path.name} step {step} {r.measure.name}: {message}")
                 outcome.failed += len(todo)
                 continue
             for r in todo:
                 try:
+                    if getattr(r.measure, "order_dependent", False):
+                        view.require_layer_order(r.measure.name)
                     value = r.measure.compute(view, states[r.measure.name])
                     values = value.values() if isinstance(value, dict) else [value]
                     if not all(math.isfinite(float(v)) for v in values):
