@@ -109,8 +109,10 @@ def measures_cmd(as_json: bool) -> None:
     help="File of 'FILENAME STEP' lines (default: the last number in each file name).",
 )
 @click.option("--run-id", default=None, help="Run id (default: the folder's name).")
-@click.option("--P", "P", type=int, default=0, show_default=True, help="Training-set size of the run.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run.")
+@click.option(
+    "--P", "P", type=int, default=None, help="Training-set size of the run (a positive integer; default: unknown)."
+)
+@click.option("--seed", type=int, default=None, help="Seed of the run (default 0).")
 def import_cmd(
     src: str,
     store: str,
@@ -118,8 +120,8 @@ def import_cmd(
     dataset: str | None,
     steps_file: str | None,
     run_id: str | None,
-    P: int,
-    seed: int,
+    P: int | None,
+    seed: int | None,
 ) -> None:
     """Import the checkpoints in folder SRC (*.safetensors, *.pt, *.pth) as one run of STORE."""
     spec = read_model_spec(model) if model else None

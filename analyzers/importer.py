@@ -6,7 +6,17 @@ state dicts. ``.pt`` files are loaded only with
 is refused, never executed. Each file's training step comes from its name
 (the last integer in it, e.g. ``epoch_0040.pt`` -> 40) or from a steps file
 (lines ``FILENAME STEP``). A file that cannot be imported is reported and the
-others are imported.
+others are imported: an unreadable file, one holding NaN or inf, one whose
+tensors (names, shapes, dtypes) differ from the run's others or do not fit
+the model spec, a negative or duplicated step.
+
+Layer order: without a spec's layer list, the layers are inferred from the
+order of the tensors, which is forward order only for a ``state_dict()``
+(a ``.pt`` file, or a safetensors file written by normdyn); a foreign
+``.safetensors`` file lists its tensors sorted by name. The run records which
+in ``model_spec["layer_order"]`` ("state_dict" or "file"), and every file of
+a run is stored in one order, so order-dependent measures are refused where
+the order is a guess.
 """
 
 from __future__ import annotations
@@ -22,9 +32,10 @@ from typing import Any
 import torch
 
 from normdyn.core import plugins
-from normdyn.core.checkpoint import CheckpointFile
-from normdyn.core.errors import ConfigError, StoreError
-from normdyn.core.store import Run
+from normdyn.core.checkpoint import ORDER_KEY, CheckpointFile, sha256_file
+from normdyn.core.errors import ConfigError, NormdynError, StoreError
+from normdyn.core.store import INDEX, Run
+from normdyn.core.view import LAYER_ORDER_KEY, ORDER_FILE, ORDER_STATE_DICT, CheckpointView, RunContext, spec_layers
 
 __all__ = [
     "ImportResult",
@@ -40,6 +51,10 @@ __all__ = [
 SUFFIXES = (".safetensors", ".pt", ".pth")
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _RUN_ID_RE = re.compile(r"[^A-Za-z0-9_.\-]+")
+_MAX_STEP = 2**63 - 1  # the index stores steps as int64
+
+#: name -> (shape, dtype): what the files of one run must share
+Signature = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 @dataclass
@@ -52,25 +67,57 @@ class ImportResult:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Candidate:
+    """A file that passed every check, waiting to be stored (its tensors are read again then)."""
+
+    step: int
+    path: Path
+    keys: list[str]
+    state_dict_order: bool
+
+
 def step_from_name(path: Path) -> int:
-    """The last integer in the file's stem (``ckpt-000100.pt`` -> 100)."""
-    numbers = re.findall(r"\d+", path.stem)
-    if not numbers:
+    """The last integer in the file's stem (``ckpt-000100.pt`` -> 100, ``step--5.pt`` -> -5).
+
+    A '-' right before the digits is a minus sign when it follows the start of
+    the stem or another non-alphanumeric character (``--5``, ``_-5``), and a
+    separator after a letter or digit (``ckpt-5``).
+    """
+    matches = list(re.finditer(r"\d+", path.stem))
+    if not matches:
         raise ConfigError(f"{path}: no step number in the file name; pass --steps FILE with a line '{path.name} STEP'")
-    return int(numbers[-1])
+    last, stem = matches[-1], path.stem
+    i = last.start()
+    negative = i >= 1 and stem[i - 1] == "-" and (i == 1 or not stem[i - 2].isalnum())
+    return -int(last.group()) if negative else int(last.group())
 
 
 def read_steps_file(path: str | Path) -> dict[str, int]:
-    """``FILENAME STEP`` per line (whitespace or comma separated; '#' starts a comment)."""
+    """``FILENAME STEP`` per line (whitespace or comma separated; '#' starts a comment).
+
+    A line that is not two fields with an integer step, or a file name listed
+    twice, is a ConfigError naming the line. Negative steps are returned (and
+    refused per file by :func:`import_checkpoints`).
+    """
     out: dict[str, int] = {}
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the steps file ({exc})") from None
+    for i, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         parts = [p for p in re.split(r"[\s,]+", line) if p]
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2:
             raise ConfigError(f"{path}:{i}: expected 'FILENAME STEP', got {line!r}")
-        out[parts[0]] = int(parts[1])
+        name, step = parts
+        if not re.fullmatch(r"[+-]?\d+", step):
+            raise ConfigError(f"{path}:{i}: step {step!r} of {name} is not an integer")
+        if name in out:
+            raise ConfigError(f"{path}:{i}: {name} is listed twice (steps {out[name]} and {int(step)})")
+        out[name] = int(step)
     return out
 
 
@@ -80,8 +127,26 @@ def load_foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
     A .pt file may hold a state dict, or a dict with the state dict under
     ``state_dict``, ``model_state_dict`` or ``model``.
     """
+    return _read_foreign(path)[0]
+
+
+def _read_foreign(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The tensors of ``path`` and whether they are in ``state_dict()`` order.
+
+    torch.load keeps a state dict's order; a safetensors file keeps it only
+    when its writer recorded it (normdyn's checkpoints do, ``safetensors.save_file``
+    sorts by name).
+    """
     if path.suffix == ".safetensors":
-        return CheckpointFile(path).load_all()
+        try:
+            file = CheckpointFile(path)
+            tensors = file.load_all()
+        except NormdynError:
+            raise
+        except (OSError, RuntimeError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            raise StoreError(f"{path}: not a readable safetensors file ({detail})") from None
+        return tensors, _records_order(file)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -103,7 +168,139 @@ def load_foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
     bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise StoreError(f"{path}: entries {', '.join(bad[:5])} are not tensors; save model.state_dict() only")
-    return {str(k): v for k, v in obj.items()}
+    return {str(k): v for k, v in obj.items()}, True
+
+
+def _records_order(file: CheckpointFile) -> bool:
+    try:
+        return json.loads(file.metadata.get(ORDER_KEY, "null")) == file.keys()
+    except json.JSONDecodeError:
+        return False
+
+
+def _signature(tensors: Mapping[str, torch.Tensor]) -> Signature:
+    return {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}
+
+
+def _differences(sig: Signature, ref: Signature) -> list[str]:
+    """What differs between two signatures, in words (at most five items of each kind)."""
+
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+    out = []
+    missing, extra = [k for k in ref if k not in sig], [k for k in sig if k not in ref]
+    if missing:
+        out.append(f"missing {names(missing)}")
+    if extra:
+        out.append(f"unexpected {names(extra)}")
+    for k in [k for k in sig if k in ref and sig[k] != ref[k]][:5]:
+        (shape, dtype), (ref_shape, ref_dtype) = sig[k], ref[k]
+        out.append(f"{k} is {list(shape)} {str(dtype)[6:]}, not {list(ref_shape)} {str(ref_dtype)[6:]}")
+    return out
+
+
+def _check_file(
+    path: Path, tensors: Mapping[str, torch.Tensor], reference: tuple[str, Signature] | None, spec: Mapping[str, Any]
+) -> None:
+    """Refuse (StoreError) non-finite tensors, tensors unlike the run's others, or not fitting the spec."""
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise StoreError(f"{path}: refused: tensor(s) {', '.join(bad[:5])} hold NaN or inf values")
+    if reference is not None:
+        diff = _differences(_signature(tensors), reference[1])
+        if diff:
+            raise StoreError(
+                f"{path}: refused: its tensors differ from the run's others ({reference[0]}): " + "; ".join(diff)
+            )
+    if spec.get("layers"):
+        try:
+            CheckpointView(tensors, RunContext(model_spec=spec), label=str(path))
+        except StoreError as exc:
+            raise StoreError(f"refused: {exc}") from None
+
+
+def _check_arguments(run_id: str | None, P: int | None, seed: int | None) -> None:
+    if run_id is not None and (not re.fullmatch(r"[A-Za-z0-9_.\-]+", run_id) or set(run_id) == {"."}):
+        raise ConfigError(
+            f"--run-id {run_id!r}: a run id is one directory name inside the store "
+            "(letters, digits, '_', '-', '.'; not '.' or '..')"
+        )
+    if P is not None and P < 1:
+        raise ConfigError(f"--P {P}: P (the training-set size) must be a positive integer")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed {seed}: a seed is an integer >= 0")
+
+
+def _check_existing(run: Run, model_spec: Mapping[str, Any] | None, P: int | None, seed: int | None) -> None:
+    """Refuse to extend ``run`` with attributes other than its own (they would be ignored silently)."""
+    stored = {k: v for k, v in run.model_spec.items() if k != LAYER_ORDER_KEY}
+    if model_spec is not None and json.dumps(dict(model_spec), sort_keys=True) != json.dumps(stored, sort_keys=True):
+        raise ConfigError(f"{run.path}: the run exists with another model spec; import into another --run-id")
+    for name, given, have in (("P", P, run.P), ("seed", seed, run.seed)):
+        if given is not None and given != have:
+            raise ConfigError(
+                f"{run.path}: the run exists with {name}={have}, not {given}; import into another --run-id"
+            )
+
+
+def _verified_reference(run: Run, result: ImportResult) -> tuple[str, Signature] | None:
+    """Check every stored checkpoint of ``run`` against its sha256; return the first one's signature.
+
+    A damaged checkpoint is reported in ``result.errors`` and the run is not extended (StoreError).
+    """
+    table = run.checkpoints()
+    n = len(table["file"])
+    damaged = []
+    for i in range(n):
+        path = run.path / str(table["file"][i])
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            damaged.append(f"{path}: cannot read the stored checkpoint ({exc.strerror or exc})")
+            continue
+        if actual != table["sha256"][i]:
+            damaged.append(f"{path}: sha256 {actual} does not match the index ({table['sha256'][i]})")
+    if damaged:
+        result.errors.extend(damaged)
+        raise StoreError(
+            f"{run.path}: not extended: {len(damaged)} stored checkpoint(s) do not match their index; "
+            "check the run with `normdyn store fsck`"
+        )
+    if n == 0:
+        return None
+    return str(run.path / str(table["file"][0])), _signature(run.load_state_dict(0))
+
+
+def _steps(
+    files: list[Path], steps: Mapping[str, int] | None, steps_file: str | Path | None, result: ImportResult
+) -> list[tuple[int, Path]]:
+    """(step, file) for every file whose step is known, valid and not shared; errors per file."""
+    order: list[tuple[int, Path]] = []
+    for path in files:
+        try:
+            if steps is not None:
+                if path.name not in steps:
+                    raise ConfigError(f"{path}: not listed in the steps file {steps_file}")
+                step, origin = steps[path.name], f"the steps file {steps_file}"
+            else:
+                step, origin = step_from_name(path), "the file name"
+            if step < 0:
+                raise ConfigError(f"{path}: step {step} (from {origin}) is negative; steps are integers >= 0")
+            if step > _MAX_STEP:
+                raise ConfigError(f"{path}: step {step} (from {origin}) is larger than {_MAX_STEP}")
+            order.append((step, path))
+        except ConfigError as exc:
+            result.errors.append(str(exc))
+    by_step: dict[int, list[Path]] = {}
+    for step, path in sorted(order):
+        by_step.setdefault(step, []).append(path)
+    src = files[0].parent
+    for step, paths in sorted(by_step.items()):
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            result.errors.append(f"{src}: step {step} is shared by {names} (none imported); use --steps FILE")
+    return [(step, paths[0]) for step, paths in sorted(by_step.items()) if len(paths) == 1]
 
 
 def import_checkpoints(
@@ -114,69 +311,95 @@ def import_checkpoints(
     dataset: Mapping[str, Any] | None = None,
     steps_file: str | Path | None = None,
     run_id: str | None = None,
-    P: int = 0,
-    seed: int = 0,
+    P: int | None = None,
+    seed: int | None = None,
 ) -> ImportResult:
     """Import the checkpoint files of folder ``src`` as run ``run_id`` of ``store``.
 
-    An existing run of that id is extended: steps it already holds are
-    skipped, new steps must come after its last one. Files are imported in
-    step order; one bad file is reported in ``errors`` and the rest go on.
+    An existing run of that id is extended: its stored checkpoints are first
+    verified against their sha256, steps it already holds are skipped, new
+    steps must come after its last one, and its P, seed and model spec must
+    be the given ones. Files are imported in step order; one bad file is
+    reported in ``errors`` and the rest go on. Each file is read twice: once
+    to check it, once to store it (so nothing is stored before the run's
+    layer order is known). ``P`` (default: unknown, stored as 0) must be positive.
     """
+    _check_arguments(run_id, P, seed)
     src = Path(src)
     if not src.is_dir():
         raise ConfigError(f"{src}: not a folder of checkpoint files (*.safetensors, *.pt, *.pth)")
     files = sorted(p for p in src.iterdir() if p.suffix in SUFFIXES and p.is_file())
     if not files:
         raise ConfigError(f"{src}: no *.safetensors, *.pt or *.pth files")
+    if model_spec is not None and model_spec.get("layers"):
+        try:
+            spec_layers(model_spec["layers"])
+        except StoreError as exc:
+            raise ConfigError(f"--model: {exc}") from None
     steps = read_steps_file(steps_file) if steps_file else None
     result = ImportResult(run_path=Path(store) / (run_id or _RUN_ID_RE.sub("_", src.resolve().name)))
-    order: list[tuple[int, Path]] = []
-    for path in files:
-        try:
-            if steps is not None:
-                if path.name not in steps:
-                    raise ConfigError(f"{path}: not listed in the steps file {steps_file}")
-                order.append((steps[path.name], path))
-            else:
-                order.append((step_from_name(path), path))
-        except ConfigError as exc:
-            result.errors.append(str(exc))
-    by_step: dict[int, list[Path]] = {}
-    for step, path in sorted(order):
-        by_step.setdefault(step, []).append(path)
-    duplicated = {s for s, paths in by_step.items() if len(paths) > 1}
-    for step in sorted(duplicated):
-        names = ", ".join(p.name for p in by_step[step])
-        result.errors.append(f"{src}: step {step} is shared by {names} (none imported); use --steps FILE")
-    Path(store).mkdir(parents=True, exist_ok=True)
-    run = Run.create(
-        store,
-        result.run_path.name,
-        config={"imported_from": str(src.resolve())},
-        model_spec=dict(model_spec or {}),
-        dataset=dict(dataset or {}),
-        P=P,
-        seed=seed,
-        exist_ok=True,
-    )
-    have = {int(s) for s in run.checkpoints()["step"]}
-    for step, path in sorted(order):
-        if step in duplicated:
-            continue
+    existing = Run(result.run_path) if (result.run_path / INDEX).exists() or result.run_path.exists() else None
+    reference = None
+    if existing is not None:
+        _check_existing(existing, model_spec, P, seed)
+        reference = _verified_reference(existing, result)
+    spec = dict(existing.model_spec if existing is not None else model_spec or {})
+    have = {int(s) for s in existing.checkpoints()["step"]} if existing is not None else set()
+    candidates: list[_Candidate] = []
+    for step, path in _steps(files, steps, steps_file, result):
         if step in have:
             result.skipped.append(path.name)
             continue
         try:
-            tensors = load_foreign_state_dict(path)
-            run.append_checkpoint(tensors, step=step, epoch=float("nan"))
+            tensors, in_order = _read_foreign(path)
+            _check_file(path, tensors, reference, spec)
         except (StoreError, ConfigError) as exc:
             result.errors.append(str(exc))
             continue
-        result.imported.append(path.name)
+        reference = reference or (str(path), _signature(tensors))
+        candidates.append(_Candidate(step, path, list(tensors), in_order))
+    if not candidates:
+        return result
+    if existing is None:
+        if not spec.get("layers"):
+            ordered = any(c.state_dict_order for c in candidates)
+            spec[LAYER_ORDER_KEY] = ORDER_STATE_DICT if ordered else ORDER_FILE
+        Path(store).mkdir(parents=True, exist_ok=True)
+        run = Run.create(
+            store,
+            result.run_path.name,
+            config={"imported_from": str(src.resolve())},
+            model_spec=spec,
+            dataset=dict(dataset or {}),
+            P=P or 0,
+            seed=seed or 0,
+        )
+    else:
+        run = existing
+    keys = _stored_order(run, candidates)
+    for c in candidates:
+        try:
+            tensors = _read_foreign(c.path)[0]
+            run.append_checkpoint({k: tensors[k] for k in keys or c.keys}, step=c.step, epoch=float("nan"))
+        except (StoreError, ConfigError, KeyError) as exc:
+            result.errors.append(f"{c.path}: {exc}" if isinstance(exc, KeyError) else str(exc))
+            continue
+        result.imported.append(c.path.name)
     if run.status == "running":
         run.set_status("complete")
     return result
+
+
+def _stored_order(run: Run, candidates: list[_Candidate]) -> list[str] | None:
+    """The one tensor order every file of ``run`` is stored in (None: each file's own).
+
+    An existing run's stored order; else the ``state_dict()`` order of any
+    candidate that has it, so that foreign safetensors files of the batch
+    (sorted by name) are stored in forward order as well.
+    """
+    if len(run):
+        return run.checkpoint(0).keys()
+    return next((c.keys for c in candidates if c.state_dict_order), None)
 
 
 def read_json_object(value: str, option: str) -> dict[str, Any]:
