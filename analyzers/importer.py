@@ -425,10 +425,16 @@ def read_model_spec(value: str) -> dict[str, Any]:
     spec = read_json_object(value, "--model")
     if "layers" not in spec and "name" in spec:
         params = dict(spec)
-        family = plugins.get("models", str(params.pop("name")))
+        try:
+            family = plugins.get("models", str(params.pop("name")))
+        except NormdynError as exc:
+            raise ConfigError(f"--model {value!r}: {exc}") from None
         try:
             input_shape, num_classes = params.pop("input_shape"), params.pop("num_classes")
         except KeyError as exc:
             raise ConfigError(f"--model {value!r}: a spec without 'layers' needs {exc.args[0]!r}") from None
-        spec = family.spec(input_shape=tuple(input_shape), num_classes=int(num_classes), **params)
+        try:
+            spec = family.spec(input_shape=tuple(input_shape), num_classes=int(num_classes), **params)
+        except (TypeError, ValueError, NormdynError) as exc:  # torch's own errors on impossible shapes included
+            raise ConfigError(f"--model {value!r}: {exc}") from None
     return spec
