@@ -24,7 +24,7 @@ import torch
 from normdyn.core.contracts import DatasetTensors
 from normdyn.core.errors import DataError
 from normdyn.core.hookspecs import hookimpl
-from normdyn.plugins.datasets.array_unpickler import load_array_pickle
+from normdyn.core.safe_pickle import load_array_pickle
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -96,7 +96,7 @@ class CIFAR:
                     f"dataset {self.name!r}: {path} is corrupted (md5 mismatch); delete "
                     f"{base} and pass --download to fetch it again"
                 )
-            batch = load_array_pickle(path)
+            batch = load_array_pickle(path, what="a CIFAR batch")
             try:
                 data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 labels = np.asarray(batch[self.label_key], dtype=np.int64)
