@@ -214,10 +214,7 @@ def _check_file(
                 f"{path}: refused: its tensors differ from the run's others ({reference[0]}): " + "; ".join(diff)
             )
     if spec.get("layers"):
-        try:
-            CheckpointView(tensors, RunContext(model_spec=spec), label=str(path))
-        except StoreError as exc:
-            raise StoreError(f"refused: {exc}") from None
+        CheckpointView(tensors, RunContext(model_spec=spec), label=f"{path}: refused")
 
 
 def _check_arguments(run_id: str | None, P: int | None, seed: int | None) -> None:
@@ -244,10 +241,10 @@ def _check_existing(run: Run, model_spec: Mapping[str, Any] | None, P: int | Non
             )
 
 
-def _verified_reference(run: Run, result: ImportResult) -> tuple[str, Signature] | None:
+def _verified_reference(run: Run) -> tuple[str, Signature] | None:
     """Check every stored checkpoint of ``run`` against its sha256; return the first one's signature.
 
-    A damaged checkpoint is reported in ``result.errors`` and the run is not extended (StoreError).
+    A damaged run is not extended: StoreError naming each damaged file.
     """
     table = run.checkpoints()
     n = len(table["file"])
@@ -262,9 +259,8 @@ def _verified_reference(run: Run, result: ImportResult) -> tuple[str, Signature]
         if actual != table["sha256"][i]:
             damaged.append(f"{path}: sha256 {actual} does not match the index ({table['sha256'][i]})")
     if damaged:
-        result.errors.extend(damaged)
         raise StoreError(
-            f"{run.path}: not extended: {len(damaged)} stored checkpoint(s) do not match their index; "
+            f"{run.path}: not extended, its stored checkpoints do not verify ({'; '.join(damaged)}); "
             "check the run with `normdyn store fsck`"
         )
     if n == 0:
@@ -342,7 +338,7 @@ def import_checkpoints(
     reference = None
     if existing is not None:
         _check_existing(existing, model_spec, P, seed)
-        reference = _verified_reference(existing, result)
+        reference = _verified_reference(existing)
     spec = dict(existing.model_spec if existing is not None else model_spec or {})
     have = {int(s) for s in existing.checkpoints()["step"]} if existing is not None else set()
     candidates: list[_Candidate] = []
