@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from normdyn.core import plugins
-from normdyn.core.errors import StoreError
+from normdyn.core.errors import MeasureError, StoreError
 from normdyn.core.layers import LayerSpec
 from normdyn.core.view import CheckpointView, RunContext
 from normdyn.plugins.measures.top_singular import matrix_top_singular
@@ -165,3 +168,16 @@ def test_view_rejects_tensors_that_do_not_match_the_spec() -> None:
         _view([layer], {"l.weight": torch.zeros(3, 3)})
     with pytest.raises(StoreError, match="tensor 'l.weight' named by the model spec is missing"):
         _view([layer], {"other": torch.zeros(3, 3)})
+
+
+def test_spectral_complexity_dn_refuses_a_guessed_layer_order(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.safetensors"
+    save_file({"b.weight": torch.eye(3), "a.weight": 2 * torch.eye(3)}, str(path))  # stored sorted: a, b
+    dn = plugins.get("measures", "spectral_complexity_dn")
+    assert dn.order_dependent and not plugins.get("measures", "spectral_complexity").order_dependent
+    guessed = CheckpointView.open(path, RunContext(model_spec={}))
+    with pytest.raises(MeasureError, match=f"^{path}: spectral_complexity_dn depends on the order of the layers, "):
+        dn.compute(guessed, {})
+    known = CheckpointView.open(path, RunContext(model_spec={"layer_order": "state_dict"}))
+    # layers a, b: sigma = (2, 1), t = (6, 3): R_dn = 2 * (3^(2/3) / 2^(2/3))^(3/2) = 3; power iteration to 1e-7
+    assert dn.compute(known, {}) == pytest.approx(3.0, rel=1e-6)
