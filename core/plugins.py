@@ -179,7 +179,7 @@ def _per_plugin(hook_name: str) -> list[tuple[str, Callable[..., Any]]]:
     """
     caller = getattr(pm.hook, hook_name)
     impls = caller.get_hookimpls()
-    out = []
+    out: list[tuple[str, Callable[..., Any]]] = []
     for impl in impls:
         others = [i.plugin for i in impls if i is not impl]
         out.append((impl.plugin_name, pm.subset_hook_caller(hook_name, remove_plugins=others)))

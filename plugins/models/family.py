@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from normdyn.core.errors import ConfigError
-from normdyn.plugins.models.layer_trace import trace_layers
+from normdyn.core.layer_trace import trace_layers
 
 __all__ = ["ModelFamilyBase"]
 
