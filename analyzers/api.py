@@ -10,18 +10,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from normdyn.analyzers.analyze import AnalyzeSummary, analyze_store, select_runs
 from normdyn.core import plugins
+from normdyn.core.errors import DataError, MeasureError
 from normdyn.core.store import Run
 from normdyn.core.view import CheckpointView, RunContext
 
-__all__ = ["analyze_store", "AnalyzeSummary", "load_curves", "measure_table", "compute"]
+__all__ = ["analyze_store", "AnalyzeSummary", "load_curves", "measure_table", "compute", "measure_model"]
 
 _COLUMNS = ("step", "epoch", "train_error", "train_loss", "test_error", "test_loss")
 
@@ -90,3 +95,60 @@ def compute(
     else:
         context = RunContext(model_spec={}, device=device)
     return m.compute(CheckpointView.open(checkpoint, context), {} if state is None else state)
+
+
+@dataclass
+class _InMemoryContext(RunContext):
+    """A run context for an object in memory: the caller's module and data instead of a store's."""
+
+    given_data: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def data(self, split: str = "train", n: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.given_data is None:
+            raise DataError("this measure needs data: pass data=(x, y) to measure_model")
+        x, y = self.given_data
+        return x[:n].to(self.device), y[:n].to(self.device)
+
+
+def measure_model(
+    model: nn.Module | Mapping[str, torch.Tensor],
+    measure: str,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    model_spec: Mapping[str, Any] | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    initial: Mapping[str, torch.Tensor] | None = None,
+    state: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> float | dict[str, float]:
+    """The value of ``measure`` on a model in memory: the value ``normdyn analyze`` stores for the same weights.
+
+    ``model`` is an ``nn.Module`` (its layers are traced on ``input_shape``, the
+    module itself serves the measures that need it; it is copied, never
+    changed) or a state dict with ``model_spec`` (e.g. a run's
+    ``Run.model_spec``) or ``input_shape`` for a module-free guess of the
+    layers. ``data`` = (x, y) feeds the data measures; ``initial`` (the
+    weights at initialisation) feeds distance_from_init. Pass the same
+    ``state`` dict across calls to keep warm starts.
+    """
+    m = plugins.get("measures", measure)
+    module: nn.Module | None = None
+    if isinstance(model, nn.Module):
+        if model_spec is None:
+            if input_shape is None:
+                raise MeasureError("measure_model: give input_shape= (one sample's shape, e.g. (3, 32, 32))")
+            model_spec = plugins.get("models", "factory").spec_of(model, input_shape=tuple(input_shape))
+        module = copy.deepcopy(model).to(device).eval()
+        tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    elif isinstance(model, Mapping):
+        tensors = {str(k): v.detach() for k, v in model.items()}
+        if model_spec is None:
+            model_spec = {}
+    else:
+        raise MeasureError(f"measure_model: expected an nn.Module or a state dict, got {type(model).__name__}")
+    init = None if initial is None else (lambda: {str(k): v.detach() for k, v in initial.items()})
+    context = _InMemoryContext(model_spec=dict(model_spec), device=device, initial=init, given_data=data)
+    if module is not None:
+        context._module = module
+    view = CheckpointView(tensors, context, label="model in memory")
+    return m.compute(view, {} if state is None else state)

@@ -103,9 +103,13 @@ class FactoryFamily:
             raise ConfigError(f"input shape {input_shape!r}: give positive sizes, e.g. 3,32,32")
         try:
             layers = trace_layers(module, shape)
-            with torch.no_grad():
-                device = next(iter(module.parameters()), torch.empty(0)).device
-                out = module.eval()(torch.zeros((1, *shape), device=device))
+            was_training = module.training
+            try:
+                with torch.no_grad():
+                    device = next(iter(module.parameters()), torch.empty(0)).device
+                    out = module.eval()(torch.zeros((1, *shape), device=device))
+            finally:
+                module.train(was_training)  # the caller's module comes back in the mode it was in
         except ConfigError:
             raise
         except Exception as exc:  # the model's own forward refused the shape
