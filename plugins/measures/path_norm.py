@@ -256,7 +256,10 @@ class PathNorm:
         shape = view.context.model_spec.get("input_shape")
         if not shape:
             raise MeasureError("path_norm needs model_spec['input_shape'] to build the all-ones input")
-        traced = check_covered(view.module())
+        model = view.module()
+        if state.get("module") is not model:  # the run's module is built once; its graph is checked once
+            state["traced"], state["module"] = check_covered(model), model
+        traced = state["traced"]
         ones = torch.ones(1, *[int(s) for s in shape], dtype=torch.float64, device=view.device)
         with torch.no_grad():
             out = squared_pass(traced, ones)
