@@ -1,10 +1,12 @@
 """Reading and writing safetensors checkpoint files.
 
 Writing goes through ``safetensors.torch.save`` (bytes, then an atomic write).
-Reading parses the safetensors header (8-byte little-endian length + JSON) and
-reads each tensor's byte range with seek/read, so reading one tensor of a
-large checkpoint reads only that tensor's bytes, and every defect gets an
-error that names the file and what is wrong with it.
+Reading goes through safetensors' own API: :class:`CheckpointFile` opens a
+file with ``safetensors.safe_open`` (the header is parsed and validated once,
+each tensor is read only when asked for), or parses bytes already in memory
+with ``safetensors.torch.load`` (:meth:`CheckpointFile.from_bytes`: the
+verified read, which hashes the bytes it parses). Every dtype safetensors
+knows is supported; its errors become :class:`StoreError` naming the file.
 """
 
 from __future__ import annotations
@@ -12,32 +14,52 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 from normdyn.core.atomic import write_bytes_atomic
 from normdyn.core.errors import StoreError
 
-__all__ = ["CheckpointFile", "write_checkpoint", "sha256_file"]
+__all__ = ["CheckpointFile", "write_checkpoint", "sha256_file", "sha256_bytes", "ORDER_KEY"]
 
-_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_MAX_HEADER = 100 * 1024 * 1024
 ORDER_KEY = "tensor_order"
+# safetensors' dtype names, as its header and ``get_slice(...).get_dtype()`` spell them
+_DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.complex64: "C64",
+    **{
+        getattr(torch, attr): name
+        for attr, name in (
+            ("float8_e4m3fn", "F8_E4M3"),
+            ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
+            ("float8_e5m2", "F8_E5M2"),
+            ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
+            ("float8_e8m0fnu", "F8_E8M0"),
+            ("uint64", "U64"),
+            ("uint32", "U32"),
+            ("uint16", "U16"),
+        )
+        if hasattr(torch, attr)
+    },
+}
+_SAFETENSORS_PREFIXES = ("Error while deserializing header: ", "Error while deserializing: ")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -49,65 +71,112 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes in memory (the same digest :func:`sha256_file` gives for a file of them)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def write_checkpoint(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, int]:
     """Atomically write ``tensors`` with string ``metadata``; return (sha256, bytes)."""
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     # safetensors lays tensors out sorted by dtype and name; keep the state-dict order
     data = _st_save(clean, metadata={**metadata, ORDER_KEY: json.dumps(list(clean))})
     write_bytes_atomic(Path(path), data)
-    return hashlib.sha256(data).hexdigest(), len(data)
+    return sha256_bytes(data), len(data)
+
+
+def _damaged(path: Path, exc: BaseException, size: int, head: bytes) -> StoreError:
+    """safetensors' error about ``path`` (``size`` bytes, starting with ``head``) in plain words."""
+    detail = str(exc)
+    for prefix in _SAFETENSORS_PREFIXES:
+        detail = detail.removeprefix(prefix)
+    if detail == "header too small":
+        return StoreError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+    if detail in ("invalid header length", "header too large"):
+        claimed = struct.unpack("<Q", head[:8])[0]
+        return StoreError(
+            f"{path}: corrupted or truncated safetensors header (header claims {claimed} bytes, file has {size})"
+        )
+    if detail.startswith("incomplete metadata"):
+        return StoreError(
+            f"{path}: truncated safetensors file, or bytes after its data (the tensors in its header "
+            f"do not cover its {size} bytes exactly)"
+        )
+    if re.search(r"integer `-\d+`, expected usize", detail):
+        detail = f"a negative shape or offset: {detail}"
+    return StoreError(f"{path}: corrupted safetensors header ({detail})")
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """The bytes of ``path`` in one read; a missing or unreadable file is a StoreError naming it."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{path}: checkpoint file does not exist") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the checkpoint file ({exc.strerror}); check its permissions") from None
+
+
+def _metadata_of(data: bytes) -> dict[str, str]:
+    # safetensors.torch.load returns the tensors only; the header it has just
+    # validated (length prefix, JSON object, string metadata) also holds __metadata__
+    (n,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(data[8 : 8 + n]).get("__metadata__")
+    return dict(meta or {})
 
 
 class CheckpointFile:
-    """Lazy, validated access to one safetensors file.
+    """Validated access to one safetensors file.
 
-    The header is read and checked on construction; tensors are read one at a
-    time by :meth:`get`, or all at once (one read) by :meth:`load_all`.
+    ``CheckpointFile(path)`` reads and checks the header only; :meth:`get`
+    then reads one tensor, :meth:`load_all` all of them.
+    ``CheckpointFile.from_bytes(path, data)`` serves the tensors parsed from
+    ``data`` (bytes already read, e.g. to check their hash) without touching
+    the file again.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         if not self.path.is_file():
             raise StoreError(f"{self.path}: checkpoint file does not exist")
-        size = self.path.stat().st_size
+        if not os.access(self.path, os.R_OK):
+            raise StoreError(f"{self.path}: cannot read the checkpoint file (permission denied); check its permissions")
+        try:
+            self._handle: Any = safe_open(str(self.path), framework="pt")
+            self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
+            names = list(self._handle.offset_keys())
+            self._specs = {name: self._slice_spec(self._handle.get_slice(name)) for name in names}
+        except SafetensorError as exc:
+            raise self._damaged(exc) from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read the checkpoint file ({exc.strerror})") from None
+        self._file_order = names
+        self._tensors: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def from_bytes(cls, path: str | os.PathLike[str], data: bytes) -> CheckpointFile:
+        """The checkpoint held in ``data`` (the bytes of ``path``), parsed once by safetensors."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        try:
+            tensors = _st_load(data)
+        except SafetensorError as exc:
+            raise _damaged(self.path, exc, len(data), data[:8]) from None
+        self._handle = None
+        self.metadata = _metadata_of(data)
+        self._tensors = tensors
+        self._file_order = list(tensors)
+        self._specs = {k: (_DTYPE_NAMES.get(v.dtype, str(v.dtype)), list(v.shape)) for k, v in tensors.items()}
+        return self
+
+    def _damaged(self, exc: BaseException) -> StoreError:
         with open(self.path, "rb") as fh:
             head = fh.read(8)
-            if len(head) < 8:
-                raise StoreError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER or 8 + n > size:
-                raise StoreError(
-                    f"{self.path}: corrupted or truncated safetensors header (header claims {n} bytes, file has {size})"
-                )
-            raw = fh.read(n)
-        try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{self.path}: corrupted safetensors header (not JSON: {exc})") from None
-        if not isinstance(header, dict):
-            raise StoreError(f"{self.path}: corrupted safetensors header (not a JSON object)")
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + n
-        self._entries: dict[str, tuple[torch.dtype, list[int], int, int]] = {}
-        end = 0
-        for name, info in header.items():
-            try:
-                dtype = _DTYPES[info["dtype"]]
-                shape = [int(s) for s in info["shape"]]
-                begin, stop = (int(o) for o in info["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise StoreError(f"{self.path}: corrupted safetensors header entry for tensor {name!r}") from None
-            numel = 1
-            for s in shape:
-                numel *= s
-            if stop - begin != numel * dtype.itemsize or begin < 0:
-                raise StoreError(f"{self.path}: tensor {name!r} has inconsistent offsets {begin}..{stop}")
-            self._entries[name] = (dtype, shape, begin, stop)
-            end = max(end, stop)
-        if self._data_start + end > size:
-            raise StoreError(
-                f"{self.path}: truncated safetensors file (data needs {self._data_start + end} bytes, file has {size})"
-            )
+        return _damaged(self.path, exc, self.path.stat().st_size, head)
+
+    @staticmethod
+    def _slice_spec(view: Any) -> tuple[str, list[int]]:
+        return str(view.get_dtype()), [int(s) for s in view.get_shape()]
 
     def keys(self) -> list[str]:
         """Tensor names in the order they were saved (state-dict order); for files
@@ -118,57 +187,43 @@ class CheckpointFile:
                 names = json.loads(order)
             except json.JSONDecodeError:
                 names = None
-            if isinstance(names, list) and sorted(names) == sorted(self._entries):
+            if isinstance(names, list) and sorted(names) == sorted(self._specs):
                 return names
-        return sorted(self._entries, key=lambda k: self._entries[k][2])
+        return list(self._file_order)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return name in self._specs
 
-    def shape(self, name: str) -> list[int]:
-        """Shape of tensor ``name`` without reading it."""
-        return list(self._entry(name)[1])
-
-    def _entry(self, name: str) -> tuple[torch.dtype, list[int], int, int]:
+    def _spec(self, name: str) -> tuple[str, list[int]]:
         try:
-            return self._entries[name]
+            return self._specs[name]
         except KeyError:
             raise StoreError(f"{self.path}: no tensor {name!r} (has: {', '.join(self.keys())})") from None
 
-    @staticmethod
-    def _tensor(buf: bytes | bytearray | memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-        if len(buf) == 0:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(bytearray(buf), dtype=dtype).reshape(shape)
+    def shape(self, name: str) -> list[int]:
+        """Shape of tensor ``name`` without reading it."""
+        return list(self._spec(name)[1])
+
+    def dtype(self, name: str) -> str:
+        """safetensors dtype name of tensor ``name`` (``F32``, ``BF16``, ``F8_E4M3``...) without reading it."""
+        return self._spec(name)[0]
 
     def get(self, name: str) -> torch.Tensor:
-        """Read only tensor ``name`` from disk."""
-        dtype, shape, begin, stop = self._entry(name)
-        with open(self.path, "rb") as fh:
-            fh.seek(self._data_start + begin)
-            buf = fh.read(stop - begin)
-        if len(buf) != stop - begin:
-            raise StoreError(f"{self.path}: truncated while reading tensor {name!r}")
-        return self._tensor(buf, dtype, shape)
+        """Tensor ``name``; from a file opened lazily, only its bytes are read."""
+        self._spec(name)
+        if self._tensors is not None:
+            return self._tensors[name]
+        try:
+            tensor: torch.Tensor = self._handle.get_tensor(name)
+        except SafetensorError as exc:
+            raise self._damaged(exc) from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read tensor {name!r} ({exc.strerror})") from None
+        return tensor
 
     def load_all(self) -> dict[str, torch.Tensor]:
-        """All tensors, in file order, with a single read of the data region."""
-        size = max((e[3] for e in self._entries.values()), default=0)
-        data = bytearray(size)
-        with open(self.path, "rb") as fh:
-            fh.seek(self._data_start)
-            if fh.readinto(data) != size:
-                raise StoreError(f"{self.path}: truncated while reading tensors")
-        out = {}
-        for name in self.keys():
-            dtype, shape, begin, stop = self._entries[name]
-            if stop == begin:
-                out[name] = torch.empty(shape, dtype=dtype)
-            else:  # views into one buffer: no per-tensor copy
-                out[name] = torch.frombuffer(
-                    data, dtype=dtype, count=(stop - begin) // dtype.itemsize, offset=begin
-                ).reshape(shape)
-        return out
+        """All tensors, in :meth:`keys` order."""
+        return {name: self.get(name) for name in self.keys()}
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) pairs, read lazily one at a time."""

@@ -9,19 +9,25 @@ stale temporary files.
 Repair never deletes or rewrites a checkpoint file. A damaged index is moved
 aside (``run.h5.damaged-TIMESTAMP``) and rebuilt from the checkpoints'
 metadata; orphans are indexed (measures are kept, matched by step); stale
-temporary files (never complete, never under a final name) are removed.
+temporary files of dead writers (never complete, never under a final name)
+are removed, those of live writers left alone; root attributes with a wrong
+type or value are restored from the newest checkpoint's metadata; a measure
+record that does not fit the table is removed after a copy of the index is
+kept (``run.h5.damaged-TIMESTAMP``). A run directory that cannot be written
+is one problem line; the other runs are still checked.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normdyn.core.atomic import TMP_PREFIX
+from normdyn.core.atomic import stale_temps
 from normdyn.core.checkpoint import CheckpointFile, sha256_file
 from normdyn.core.errors import StoreError
 from normdyn.core.store import (
@@ -29,11 +35,9 @@ from normdyn.core.store import (
     INDEX,
     MeasureRecord,
     Run,
-    _fill_checkpoints,
-    _put_measure,
-    _write_new_index,
     checkpoint_filename,
     run_dirs,
+    write_index,
 )
 
 __all__ = ["FsckReport", "fsck_run", "fsck_store"]
@@ -60,6 +64,7 @@ class _Found:
     file: str
     row: dict[str, Any]
     run_attrs: dict[str, Any]
+    layout: dict[str, tuple[str, list[int]]]
 
 
 def _read_checkpoint(run_dir: Path, rel: str) -> _Found:
@@ -79,7 +84,7 @@ def _read_checkpoint(run_dir: Path, rel: str) -> _Found:
     path = run_dir / rel
     row["sha256"] = sha256_file(path)
     row["bytes"] = path.stat().st_size
-    return _Found(rel, row, run_attrs)
+    return _Found(rel, row, run_attrs, {k: (ck.dtype(k), ck.shape(k)) for k in ck.keys()})
 
 
 def _index_attrs(run_attrs: dict[str, Any]) -> dict[str, Any]:
@@ -92,13 +97,7 @@ def _index_attrs(run_attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stale_temps(run_dir: Path) -> list[Path]:
-    return sorted(
-        p
-        for d in (run_dir, run_dir / "ckpt", run_dir / "resume")
-        if d.is_dir()
-        for p in d.iterdir()
-        if p.name.startswith(TMP_PREFIX)
-    )
+    return [p for d in (run_dir, run_dir / "ckpt", run_dir / "resume") for p in stale_temps(d)]
 
 
 def _scan_files(run_dir: Path, report: FsckReport) -> dict[str, _Found]:
@@ -125,58 +124,78 @@ def _rebuild_index(run_dir: Path, found: dict[str, _Found], report: FsckReport) 
         report.repaired.append(f"{index}: damaged index moved to {aside.name}")
     rows = sorted((f.row for f in found.values()), key=lambda r: r["step"])
     newest = max(found.values(), key=lambda f: f.row["step"])
-    _write_new_index(index, _index_attrs(newest.run_attrs), rows)
+    write_index(run_dir, _index_attrs(newest.run_attrs), rows)
     report.repaired.append(f"{index}: rebuilt from {len(rows)} checkpoint files")
 
 
 def _index_orphans(run: Run, orphans: list[_Found], report: FsckReport) -> None:
     """Add orphan checkpoints to a healthy index in one atomic update; every
     measure is kept, its rows matched by step, the new rows NaN."""
-    table = run.checkpoints()
-    n = len(table["step"])
-    rows = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in table.items()} for i in range(n)]
-    rows = sorted(rows + [o.row for o in orphans], key=lambda r: r["step"])
+    old_rows = run.table_rows()
+    rows = sorted(old_rows + [o.row for o in orphans], key=lambda r: r["step"])
     new_pos = {int(r["step"]): j for j, r in enumerate(rows)}
-    moved = [new_pos[int(s)] for s in table["step"]]
-    measures = {name: run.read_measure(name) for name in run.measures()}
-    with run._mutate() as f:
-        _fill_checkpoints(f, rows)
-        for name, rec in measures.items():
-            new = MeasureRecord.empty(len(rows), plugin=rec.plugin, version=rec.version, params=rec.params)
-            for i, j in enumerate(moved):
-                new.values[j], new.sha256[j] = rec.values[i], rec.sha256[i]
-                if i in rec.errors:
-                    new.errors[j] = rec.errors[i]
-            _put_measure(f, name, new)
+    moved = [new_pos[int(r["step"])] for r in old_rows]
+    measures = {}
+    for name in run.measures():
+        rec = run.read_measure(name)
+        if rec is None:
+            continue
+        new = MeasureRecord.empty(len(rows), plugin=rec.plugin, version=rec.version, params=rec.params)
+        for i, j in enumerate(moved):
+            new.values[j], new.sha256[j] = rec.values[i], rec.sha256[i]
+            if i in rec.errors:
+                new.errors[j] = rec.errors[i]
+        measures[name] = new
+    run.replace_table(rows, measures)
     report.repaired.append(
         f"{run.index}: indexed {len(orphans)} orphan checkpoint(s): " + ", ".join(o.file for o in orphans)
     )
 
 
-def fsck_run(run_dir: str | os.PathLike[str], *, repair: bool = False) -> FsckReport:
-    """Verify one run directory; with ``repair`` fix what can be fixed safely."""
-    run_dir = Path(run_dir)
-    report = FsckReport(run_dir)
-    for tmp in _stale_temps(run_dir):
-        if repair:
-            tmp.unlink()
-            report.repaired.append(f"{tmp}: removed stale temporary file")
-        else:
-            report.problems.append(f"{tmp}: stale temporary file from an interrupted write")
-    found = _scan_files(run_dir, report)
-    try:
-        run = Run(run_dir)
-        table = run.checkpoints()
-    except StoreError as exc:
-        if not repair:
-            report.problems.append(str(exc))
-        else:
-            _rebuild_index(run_dir, found, report)
-        return report
-    indexed = set()
+def _check_attrs(run: Run, found: dict[str, _Found], report: FsckReport, repair: bool) -> bool:
+    """Report (and with ``repair`` restore from the newest checkpoint) bad root attributes; True if all are fine."""
+    problems = run.attribute_problems()
+    if not problems:
+        return True
+    if not repair or not found:
+        report.problems.extend(problems.values())
+        return False
+    newest = max(found.values(), key=lambda f: f.row["step"])
+    source = {**newest.run_attrs, "status": "failed"}  # as after a rebuild: resumable, never claimed complete
+    restorable = {key: source[key] for key in problems if key in source}
+    if restorable:
+        run.set_attrs(restorable)
+        report.repaired.append(f"{run.index}: attribute(s) {', '.join(restorable)} restored from {newest.file}")
+    left = run.attribute_problems()
+    report.problems.extend(left.values())
+    return not left
+
+
+def _check_measures(run: Run, report: FsckReport, repair: bool) -> None:
+    """Report (and with ``repair`` remove, keeping a copy of the index) measure records that do not fit."""
+    bad: list[str] = []
+    for name in run.measures():
+        try:
+            run.read_measure(name)
+        except StoreError as exc:
+            bad.append(name)
+            if not repair:
+                report.problems.append(str(exc))
+    if repair and bad:
+        aside = run.path / f"{INDEX}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        shutil.copy2(run.index, aside)
+        run.delete_measures(bad)
+        report.repaired.append(
+            f"{run.index}: removed measure(s) {', '.join(bad)} that do not fit the table (recompute them; "
+            f"the previous index is kept as {aside.name})"
+        )
+
+
+def _check_rows(run: Run, table: dict[str, Any], found: dict[str, _Found], report: FsckReport) -> None:
+    """Compare every indexed row with its file: presence, hash, size, step, run id, tensor layout."""
+    first = found.get(table["file"][0]) if len(table["file"]) else None
     for i, rel in enumerate(table["file"]):
-        indexed.add(rel)
-        path = run_dir / rel
+        path = run.path / rel
         f = found.get(rel)
         if f is None:
             if not path.exists():
@@ -196,7 +215,43 @@ def fsck_run(run_dir: str | os.PathLike[str], *, repair: bool = False) -> FsckRe
             report.problems.append(
                 f"{path}: metadata names run {f.run_attrs.get('run_id')!r}, index says {run.run_id!r}"
             )
-    orphans = [found[rel] for rel in sorted(set(found) - indexed)]
+        if first is not None and f.layout != first.layout:
+            report.problems.append(_layout_problem(path, f.layout, run.path / first.file, first.layout))
+
+
+def _layout_problem(
+    path: Path, layout: dict[str, tuple[str, list[int]]], first_path: Path, first: dict[str, tuple[str, list[int]]]
+) -> str:
+    for name in sorted(set(layout) | set(first)):
+        if layout.get(name) != first.get(name):
+            ours = "absent" if name not in layout else f"{layout[name][0]} {layout[name][1]}"
+            theirs = "absent" if name not in first else f"{first[name][0]} {first[name][1]}"
+            return f"{path}: tensor {name!r} is {ours}, but {theirs} in the run's first checkpoint {first_path}"
+    return f"{path}: tensors differ from the run's first checkpoint {first_path}"
+
+
+def _fsck_run(run_dir: Path, report: FsckReport, repair: bool) -> None:
+    for tmp in _stale_temps(run_dir):
+        if repair:
+            tmp.unlink(missing_ok=True)
+            report.repaired.append(f"{tmp}: removed stale temporary file")
+        else:
+            report.problems.append(f"{tmp}: stale temporary file from an interrupted write")
+    found = _scan_files(run_dir, report)
+    try:
+        run = Run(run_dir)
+        table = run.checkpoints()
+    except StoreError as exc:
+        if not repair:
+            report.problems.append(str(exc))
+        else:
+            _rebuild_index(run_dir, found, report)
+        return
+    if not _check_attrs(run, found, report, repair):
+        return
+    _check_measures(run, report, repair)
+    _check_rows(run, table, found, report)
+    orphans = [found[rel] for rel in sorted(set(found) - set(table["file"]))]
     if orphans:
         if repair:
             _index_orphans(run, orphans, report)
@@ -204,6 +259,24 @@ def fsck_run(run_dir: str | os.PathLike[str], *, repair: bool = False) -> FsckRe
             report.problems.append(
                 f"{run_dir}: {len(orphans)} checkpoint file(s) not in the index: " + ", ".join(o.file for o in orphans)
             )
+
+
+def fsck_run(run_dir: str | os.PathLike[str], *, repair: bool = False) -> FsckReport:
+    """Verify one run directory; with ``repair`` fix what can be fixed safely.
+
+    A repair the file system refuses (e.g. a read-only directory) is a problem
+    of this run, not an exception.
+    """
+    run_dir = Path(run_dir)
+    report = FsckReport(run_dir)
+    try:
+        _fsck_run(run_dir, report, repair)
+    except OSError as exc:
+        where = exc.filename or run_dir
+        report.problems.append(
+            f"{run_dir}: cannot {'repair' if repair else 'check'} this run ({exc.strerror or exc}: {where}); "
+            "make the run directory readable and writable, then run `normdyn store fsck --repair` again"
+        )
     return report
 
 

@@ -18,7 +18,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,7 +32,7 @@ from filelock import FileLock
 
 from normdyn.core import __version__
 from normdyn.core.atomic import replacing
-from normdyn.core.checkpoint import CheckpointFile, write_checkpoint
+from normdyn.core.checkpoint import CheckpointFile, read_file_bytes, sha256_bytes, write_checkpoint
 from normdyn.core.errors import StoreError
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "scan_runs",
     "run_dirs",
     "checkpoint_filename",
+    "write_index",
 ]
 
 FORMAT = "normdyn-run/1"
@@ -58,8 +59,12 @@ CHECKPOINT_COLUMNS = ("step", "epoch", "samples_seen", "wall_time", "file", "sha
 _INT_COLUMNS = ("step", "samples_seen", "bytes")
 _STR_COLUMNS = ("file", "sha256")
 _JSON_ATTRS = ("config", "model_spec", "dataset")
+_REQUIRED_ATTRS = ("format", "run_id", "status", *_JSON_ATTRS, "P", "seed")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _LIBVER = "v108"  # HDF5 1.8 file format: large (dense) attributes, readable everywhere
+_REPAIR = "run `normdyn store fsck --repair` on its store"
+_CHANGED = "the checkpoint changed after it was written; run `normdyn store fsck`"
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
 def checkpoint_filename(step: int) -> str:
@@ -126,6 +131,7 @@ class Run:
                 "run `normdyn store fsck --repair` on its store if checkpoints exist"
             )
         self._lock = FileLock(str(self.path / LOCK))
+        self._first_layout: dict[Path, dict[str, tuple[str, list[int]]]] = {}
         attrs = self.attrs  # validates the index once
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{self.index}: format {attrs.get('format')!r} is not {FORMAT!r}")
@@ -171,8 +177,7 @@ class Run:
             "torch_version": str(torch.__version__),
             "python_version": platform.python_version(),
         }
-        with FileLock(str(path / LOCK)):
-            _write_new_index(path / INDEX, attrs, rows=[])
+        write_index(path, attrs, rows=[])
         return cls(path)
 
     # ------------------------------------------------------------------ access
@@ -213,33 +218,70 @@ class Run:
                     raise StoreError(f"{self.index}: attribute {key!r} is not valid JSON") from None
         return raw
 
+    def attribute_problems(self) -> dict[str, str]:
+        """Root attribute -> message, for each one that is missing or has the wrong type or value."""
+        attrs = self.attrs
+        return {key: msg for key in _REQUIRED_ATTRS if (msg := self._attr_problem(attrs, key))}
+
+    def _attr_problem(self, attrs: Mapping[str, Any], key: str) -> str | None:
+        if key not in attrs:
+            return f"{self.index}: attribute {key!r} is missing; {_REPAIR}"
+        value = attrs[key]
+        if key in _JSON_ATTRS and not isinstance(value, dict):
+            kind = _JSON_TYPES.get(type(value), "null")
+            return f"{self.index}: attribute {key!r} is a JSON {kind}, not an object; {_REPAIR}"
+        if key in ("P", "seed") and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{self.index}: attribute {key!r} is {value!r}, not an integer; {_REPAIR}"
+        if key == "run_id" and not isinstance(value, str):
+            return f"{self.index}: attribute 'run_id' is {value!r}, not a string; {_REPAIR}"
+        if key == "status" and value not in STATUSES:
+            return f"{self.index}: attribute 'status' is {value!r}, not one of {', '.join(STATUSES)}; {_REPAIR}"
+        return None
+
+    def _attr(self, key: str) -> Any:
+        attrs = self.attrs
+        problem = self._attr_problem(attrs, key)
+        if problem:
+            raise StoreError(problem)
+        return attrs[key]
+
     @property
     def run_id(self) -> str:
-        return str(self.attrs["run_id"])
+        return str(self._attr("run_id"))
 
     @property
     def status(self) -> str:
-        return str(self.attrs["status"])
+        return str(self._attr("status"))
 
     @property
     def P(self) -> int:
-        return int(self.attrs["P"])
+        return int(self._attr("P"))
 
     @property
     def seed(self) -> int:
-        return int(self.attrs["seed"])
+        return int(self._attr("seed"))
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.attrs["config"]
+        """The training config (a JSON object; anything else is a StoreError naming the attribute)."""
+        value: dict[str, Any] = self._attr("config")
+        return value
 
     @property
     def model_spec(self) -> dict[str, Any]:
-        return self.attrs["model_spec"]
+        value: dict[str, Any] = self._attr("model_spec")
+        return value
 
     @property
     def dataset(self) -> dict[str, Any]:
-        return self.attrs["dataset"]
+        value: dict[str, Any] = self._attr("dataset")
+        return value
+
+    def set_attrs(self, values: Mapping[str, Any]) -> None:
+        """Overwrite root attributes (JSON ones given as dicts are encoded); used by repairs."""
+        with self._mutate() as f:
+            for key, value in values.items():
+                f.attrs[key] = json.dumps(value, sort_keys=True) if key in _JSON_ATTRS else value
 
     def set_status(self, status: str) -> None:
         """Mark the run ``running``, ``complete`` or ``failed``."""
@@ -253,15 +295,32 @@ class Run:
 
     # ------------------------------------------------------------- checkpoints
     def checkpoints(self) -> dict[str, np.ndarray]:
-        """The ``/checkpoints`` table as numpy arrays (strings as ``str``)."""
+        """The ``/checkpoints`` table as numpy arrays (strings as ``str``).
+
+        A table with a standard column missing, or columns of unequal length,
+        is a StoreError: no reader ever sees a partial row.
+        """
         with self._read() as f:
+            if "checkpoints" not in f or not isinstance(f["checkpoints"], h5py.Group):
+                raise StoreError(f"{self.index}: no /checkpoints group; the index is damaged: {_REPAIR}")
             g = f["checkpoints"]
+            missing = [c for c in CHECKPOINT_COLUMNS if c not in g]
+            if missing:
+                raise StoreError(
+                    f"{self.index}: /checkpoints lacks column(s) {', '.join(missing)}; the index is damaged: {_REPAIR}"
+                )
             out = {}
             for name in g:
                 arr = g[name][()]
                 if name in _STR_COLUMNS:
                     arr = np.array([_decode(v) for v in arr], dtype=object)
                 out[name] = arr
+        lengths = {name: len(arr) for name, arr in out.items()}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
+            raise StoreError(
+                f"{self.index}: /checkpoints columns have unequal lengths ({shown}); the index is damaged: {_REPAIR}"
+            )
         return out
 
     def __len__(self) -> int:
@@ -309,22 +368,73 @@ class Run:
             "run": json.dumps(_run_attrs_for_metadata(attrs)),
         }
         (self.path / "ckpt").mkdir(exist_ok=True)
-        sha, nbytes = write_checkpoint(self.path / row["file"], state_dict, meta)
+        sha, nbytes = write_checkpoint(self.path / checkpoint_filename(step), state_dict, meta)
         row.update(sha256=sha, bytes=nbytes)
         with self._mutate() as f:
             _append_row(f, row)
             return int(f["checkpoints/step"].shape[0]) - 1
 
-    def checkpoint(self, i: int) -> CheckpointFile:
-        """Lazy access to the checkpoint of row ``i`` (negative counts from the end)."""
-        files = self.checkpoints()["file"]
+    def checkpoint(self, i: int, *, verify: bool = True) -> CheckpointFile:
+        """The checkpoint of row ``i`` (negative counts from the end).
+
+        With ``verify`` (the default) the file is read once, its size and
+        sha256 are checked against the index, the tensors are parsed from
+        those same bytes, and each tensor's dtype and shape must be those of
+        the run's first checkpoint; any difference is a StoreError. Without
+        it only the header is read and tensors are read lazily, unchecked.
+        """
+        table = self.checkpoints()
+        files = table["file"]
         if not -len(files) <= i < len(files):
             raise StoreError(f"{self.path}: no checkpoint row {i} (run has {len(files)})")
-        return CheckpointFile(self.path / files[i])
+        path = self.path / files[i]
+        if not verify:
+            return self._opened(lambda: CheckpointFile(path))
+        data = read_file_bytes(path)
+        expected_bytes, expected_sha = int(table["bytes"][i]), str(table["sha256"][i])
+        if len(data) != expected_bytes:
+            raise StoreError(f"{path}: size {len(data)} bytes differs from the index ({expected_bytes}); {_CHANGED}")
+        sha = sha256_bytes(data)
+        if sha != expected_sha:
+            raise StoreError(f"{path}: sha256 mismatch (index {expected_sha[:12]}..., file {sha[:12]}...); {_CHANGED}")
+        ck = self._opened(lambda: CheckpointFile.from_bytes(path, data))
+        if i % len(files):
+            self._check_like_first(ck, self.path / files[0])
+        return ck
 
-    def load_state_dict(self, i: int) -> dict[str, torch.Tensor]:
-        """All tensors of checkpoint row ``i``."""
-        return self.checkpoint(i).load_all()
+    @staticmethod
+    def _opened(open_file: Callable[[], CheckpointFile]) -> CheckpointFile:
+        try:
+            return open_file()
+        except StoreError as exc:
+            raise StoreError(f"{exc}; run `normdyn store fsck` on its store to check the others") from None
+
+    def _check_like_first(self, ck: CheckpointFile, first_path: Path) -> None:
+        """Refuse a checkpoint whose tensors (names, dtypes, shapes) differ from the first one's."""
+        first = self._first_layout.get(first_path)
+        if first is None:
+            ref = self._opened(lambda: CheckpointFile(first_path))
+            first = {k: (ref.dtype(k), ref.shape(k)) for k in ref.keys()}
+            self._first_layout = {first_path: first}
+        names = ck.keys()
+        extra = [k for k in names if k not in first]
+        lacking = [k for k in first if k not in ck]
+        if extra or lacking:
+            raise StoreError(
+                f"{ck.path}: its tensors differ from the run's first checkpoint {first_path} "
+                f"(not in the first: {', '.join(extra) or '-'}; missing: {', '.join(lacking) or '-'}); {_CHANGED}"
+            )
+        for name in names:
+            dtype, shape = ck.dtype(name), ck.shape(name)
+            if (dtype, shape) != first[name]:
+                raise StoreError(
+                    f"{ck.path}: tensor {name!r} is {dtype} {shape}, but {first[name][0]} {first[name][1]} "
+                    f"in the run's first checkpoint {first_path}; {_CHANGED}"
+                )
+
+    def load_state_dict(self, i: int, *, verify: bool = True) -> dict[str, torch.Tensor]:
+        """All tensors of checkpoint row ``i``, hash-verified as :meth:`checkpoint` does."""
+        return self.checkpoint(i, verify=verify).load_all()
 
     # ----------------------------------------------------------------- resume
     def save_resume(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
@@ -359,6 +469,12 @@ class Run:
                 return None
             d = f[f"measures/{name}"]
             values = np.asarray(d[()], dtype=np.float64)
+            n = int(f["checkpoints/step"].shape[0])
+            if values.shape != (n,):
+                raise StoreError(
+                    f"{self.index}: measure {name!r} has {values.size} values for {n} checkpoints; "
+                    f"{_REPAIR} (it sets the measure aside, to be recomputed)"
+                )
             at = d.attrs
             sha = [_decode(s) for s in at.get("sha256", [])]
             return MeasureRecord(
@@ -386,6 +502,28 @@ class Run:
                     f"{len(record.sha256)} hashes for {n} checkpoints"
                 )
             _put_measure(f, name, record)
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """The ``/checkpoints`` table as one dict per row (python scalars)."""
+        table = self.checkpoints()
+        n = len(table["step"])
+        return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in table.items()} for i in range(n)]
+
+    def replace_table(self, rows: Sequence[Mapping[str, Any]], measures: Mapping[str, MeasureRecord]) -> None:
+        """Replace ``/checkpoints`` by ``rows`` and write ``measures`` (aligned with them), in one atomic
+        update; used by fsck to index orphan checkpoints. Measures not named are left as they are."""
+        with self._mutate() as f:
+            _fill_checkpoints(f, rows)
+            for name, record in measures.items():
+                _put_measure(f, name, record)
+
+    def delete_measures(self, names: list[str]) -> None:
+        """Remove the stored records of measures ``names`` in one atomic update (fsck's repair of a
+        record that no longer fits the table; the caller keeps a copy of the old index)."""
+        with self._mutate() as f:
+            for name in names:
+                if f"measures/{name}" in f:
+                    del f[f"measures/{name}"]
 
 
 def _put_measure(f: h5py.File, name: str, record: MeasureRecord) -> None:
@@ -422,7 +560,7 @@ def _append_row(f: h5py.File, row: Mapping[str, Any]) -> None:
             d.attrs["sha256"] = np.array([_decode(s) for s in sha] + [""], dtype=h5py.string_dtype("utf-8"))
 
 
-def _fill_checkpoints(f: h5py.File, rows: list[Mapping[str, Any]]) -> None:
+def _fill_checkpoints(f: h5py.File, rows: Sequence[Mapping[str, Any]]) -> None:
     """(Re)create ``/checkpoints`` holding ``rows``; extra keys become float columns."""
     if "checkpoints" in f:
         del f["checkpoints"]
@@ -434,9 +572,11 @@ def _fill_checkpoints(f: h5py.File, rows: list[Mapping[str, Any]]) -> None:
         g.create_dataset(name, data=data, maxshape=(None,), chunks=True)
 
 
-def _write_new_index(path: Path, attrs: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> None:
-    """Write a fresh index with ``attrs`` and checkpoint ``rows`` atomically."""
-    with replacing(path) as tmp:
+def write_index(run_dir: str | os.PathLike[str], attrs: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write a fresh ``run.h5`` in ``run_dir`` with root ``attrs`` and checkpoint ``rows``, atomically,
+    under the run's lock (creation, and fsck's rebuild from the checkpoint files)."""
+    run_dir = Path(run_dir)
+    with FileLock(str(run_dir / LOCK)), replacing(run_dir / INDEX) as tmp:
         with h5py.File(tmp, "w", libver=_LIBVER) as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
