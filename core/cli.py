@@ -45,15 +45,17 @@ def store() -> None:
 
 
 def _run_row(run: Run) -> list[Any]:
-    attrs = run.attrs
-    spec, data = attrs.get("model_spec", {}), attrs.get("dataset", {})
+    """The ``store ls`` row of ``run``; a damaged attribute is a StoreError naming it."""
+    problems = run.attribute_problems()
+    if problems:
+        raise StoreError(next(iter(problems.values())))
     return [
-        attrs["run_id"],
-        spec.get("name", "?"),
-        data.get("name", "?"),
-        attrs.get("P", "?"),
-        attrs.get("seed", "?"),
-        attrs.get("status", "?"),
+        run.run_id,
+        run.model_spec.get("name", "?"),
+        run.dataset.get("name", "?"),
+        run.P,
+        run.seed,
+        run.status,
         len(run),
         ",".join(run.measures()) or "-",
     ]
@@ -72,7 +74,12 @@ def store_ls(store_dir: str, as_json: bool) -> None:
     runs, errors = scan_runs(store_dir)
     _require_runs(store_dir, runs, errors)
     headers = ["run", "model", "dataset", "P", "seed", "status", "checkpoints", "measures"]
-    rows = [_run_row(r) for r in runs]
+    rows = []
+    for run in runs:
+        try:
+            rows.append(_run_row(run))
+        except StoreError as exc:
+            errors.append(exc)
     if as_json:
         click.echo(json.dumps([dict(zip(headers, r)) for r in rows], indent=2))
     else:
