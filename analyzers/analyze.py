@@ -220,16 +220,9 @@ def _read_message(exc: Exception, path: Path) -> str:
 
 
 def _checkpoint_table(run: Run) -> dict[str, np.ndarray]:
-    """The run's ``/checkpoints`` table; a StoreError when it lists nothing or its columns disagree."""
+    """The run's ``/checkpoints`` table (complete, or a StoreError); a StoreError when it lists nothing."""
     table = run.checkpoints()
-    lengths = {name: len(column) for name, column in table.items()}
-    if len(set(lengths.values())) > 1:
-        detail = ", ".join(f"{name} {k}" for name, k in sorted(lengths.items()))
-        raise StoreError(
-            f"{run.index}: the /checkpoints columns have different lengths ({detail}); "
-            "run `normdyn store fsck --repair` on its store"
-        )
-    if not lengths.get("sha256"):
+    if not len(table["sha256"]):
         raise StoreError(f"{run.path}: no checkpoints to analyse (its index lists none)")
     return table
 

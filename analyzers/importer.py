@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from normdyn.core import plugins
-from normdyn.core.checkpoint import ORDER_KEY, CheckpointFile, sha256_file
+from normdyn.core.checkpoint import ORDER_KEY, CheckpointFile
 from normdyn.core.errors import ConfigError, NormdynError, StoreError
 from normdyn.core.store import INDEX, Run
 from normdyn.core.view import LAYER_ORDER_KEY, ORDER_FILE, ORDER_STATE_DICT, CheckpointView, RunContext, spec_layers
@@ -242,30 +242,22 @@ def _check_existing(run: Run, model_spec: Mapping[str, Any] | None, P: int | Non
 
 
 def _verified_reference(run: Run) -> tuple[str, Signature] | None:
-    """Check every stored checkpoint of ``run`` against its sha256; return the first one's signature.
+    """Verify every stored checkpoint of ``run`` (sha256, size, layout); return the first one's signature.
 
     A damaged run is not extended: StoreError naming each damaged file.
     """
-    table = run.checkpoints()
-    n = len(table["file"])
+    n = len(run)
     damaged = []
     for i in range(n):
-        path = run.path / str(table["file"][i])
         try:
-            actual = sha256_file(path)
-        except OSError as exc:
-            damaged.append(f"{path}: cannot read the stored checkpoint ({exc.strerror or exc})")
-            continue
-        if actual != table["sha256"][i]:
-            damaged.append(f"{path}: sha256 {actual} does not match the index ({table['sha256'][i]})")
+            run.checkpoint(i, verify=True)
+        except StoreError as exc:
+            damaged.append(str(exc))
     if damaged:
-        raise StoreError(
-            f"{run.path}: not extended, its stored checkpoints do not verify ({'; '.join(damaged)}); "
-            "check the run with `normdyn store fsck`"
-        )
+        raise StoreError(f"{run.path}: not extended, its stored checkpoints do not verify ({'; '.join(damaged)})")
     if n == 0:
         return None
-    return str(run.path / str(table["file"][0])), _signature(run.load_state_dict(0))
+    return str(run.checkpoint(0, verify=False).path), _signature(run.load_state_dict(0))
 
 
 def _steps(
