@@ -23,16 +23,16 @@ import numpy as np
 from tqdm import tqdm
 
 from normdyn.analyzers.aggregate import SeedGrid
-from normdyn.analyzers.law_fits import FitOptions, fit_laws
+from normdyn.analyzers.law_fits import FitOptions, LawFits, fit_laws
 from normdyn.core.errors import FitError
 
 __all__ = ["BOOTSTRAP_EXPONENTS", "bootstrap_exponents"]
 
-BOOTSTRAP_EXPONENTS: dict[str, Callable[[Any], float]] = {
+BOOTSTRAP_EXPONENTS: dict[str, Callable[[LawFits], float]] = {
     "gamma1": lambda f: f.law1.gamma1_,
     "gamma2": lambda f: f.law2.gamma2_,
-    "gamma_pred": lambda f: f.combined.gamma_pred_,
-    "gamma_meas": lambda f: f.measured.gamma_meas_,
+    "gamma_pred": lambda f: f.combined.gamma_pred,
+    "gamma_meas": lambda f: f.eps_star.gamma_meas_,
 }
 
 

@@ -28,6 +28,7 @@ def parse_where(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+_DEFAULTS = FitOptions()
 _LAW_OPTIONS = (
     click.option(
         "--where", multiple=True, metavar="KEY=VALUE", help="Keep runs whose config KEY equals VALUE (repeatable)."
@@ -50,16 +51,29 @@ _LAW_OPTIONS = (
     click.option("--law2-min-P", "law2_min_P", type=int, default=None, help="Law 2 uses P >= this."),
     click.option(
         "--method",
-        default="paper",
+        default=_DEFAULTS.method,
         show_default=True,
-        help="Law-1 estimator: paper (mean of per-P slopes, the reference) or pooled (one OLS).",
+        help="Law-1 fitter: paper (mean of per-P slopes, the reference), pooled (one OLS) "
+        "or any registered law-1 fitter (normdyn plugins lists them).",
+    ),
+    click.option(
+        "--law2-method",
+        default=_DEFAULTS.law2_method,
+        show_default=True,
+        help="Law-2 fitter of lambda*(P): any registered law2 fitter.",
+    ),
+    click.option(
+        "--eps-star-method",
+        default=_DEFAULTS.eps_star_method,
+        show_default=True,
+        help="Fitter of the direct eps*(P) fit: any registered eps_star fitter.",
     ),
 )
 
 
 def law_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add the run-selection and law-fit options shared by ``fit`` and ``report``
-    (--where, --grid, --window, --law1-min-P, --law2-min-P, --method)."""
+    (--where, --grid, --window, --law1-min-P, --law2-min-P, --method, --law2-method, --eps-star-method)."""
     for option in reversed(_LAW_OPTIONS):
         command = option(command)
     return command
@@ -99,6 +113,8 @@ def fit_command(
     law1_min_P: int | None,
     law2_min_P: int | None,
     method: str,
+    law2_method: str,
+    eps_star_method: str,
     law2_offset: bool,
     bootstrap: int,
     bootstrap_seed: int,
@@ -113,7 +129,13 @@ def fit_command(
     if curves_csv is not None and (measure or where):
         raise click.UsageError("--measure and --where select runs of a STORE; they do not apply to --curves")
     options = FitOptions(
-        window=window, law1_min_P=law1_min_P, law2_min_P=law2_min_P, method=method, law2_offset=law2_offset
+        window=window,
+        law1_min_P=law1_min_P,
+        law2_min_P=law2_min_P,
+        method=method,
+        law2_offset=law2_offset,
+        law2_method=law2_method,
+        eps_star_method=eps_star_method,
     )
     kwargs: dict[str, Any] = dict(
         options=options, grid=grid, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=not quiet

@@ -20,12 +20,11 @@ import numpy as np
 
 from normdyn.analyzers.aggregate import MeanCurves, SeedCurve, SeedGrid, aggregate
 from normdyn.analyzers.bootstrap import bootstrap_exponents
-from normdyn.analyzers.law_fits import FitOptions, LawFits, fit_laws, law_P_mask
+from normdyn.analyzers.law_fits import FitOptions, LawFits, check_methods, fit_laws, fitter_class, law_P_mask
 from normdyn.analyzers.store_curves import store_curves
 from normdyn.analyzers.windows import choose_window, window_sensitivity
-from normdyn.core import plugins
 from normdyn.core.errors import FitError
-from normdyn.core.table import format_table
+from normdyn.core.table import format_table, format_value_error
 
 __all__ = ["FitOptions", "FitResult", "fit_curves", "fit_store"]
 
@@ -44,8 +43,8 @@ class FitResult:
 
     ``curves`` are the mean curves of every P (``curves.log10_grid``,
     ``curves.mean_error``, ``curves.log10_lambda_star``, ``curves.eps_star``);
-    ``fits`` the fitted law1/law2/measured/combined fitters (the collapse is
-    ``fits.law1.log10_x_``, ``log10_y_``, ``in_window_`` for the law-1 P);
+    ``fits`` the fitted law1/law2/eps_star fitters and their combination
+    (the collapse is ``fits.law1.log10_x_``, ``log10_y_``, ``in_window_`` for the law-1 P);
     ``seed_grid`` the per-seed curves on the grid (None for mean-curve input).
     """
 
@@ -109,21 +108,21 @@ class FitResult:
             "gamma2": _num(f.law2.gamma2_),
             "gamma2_err": _num(f.law2.gamma2_err_),
             "k2": _num(f.law2.k2_),
-            "gamma_pred": _num(f.combined.gamma_pred_),
-            "gamma_meas": _num(f.measured.gamma_meas_),
-            "gamma_meas_err": _num(f.measured.gamma_meas_err_),
-            "sigma": _num(f.combined.sigma_),
-            "z": _num(f.combined.z_),
+            "gamma_pred": _num(f.combined.gamma_pred),
+            "gamma_meas": _num(f.eps_star.gamma_meas_),
+            "gamma_meas_err": _num(f.eps_star.gamma_meas_err_),
+            "sigma": _num(f.combined.sigma),
+            "z": _num(f.combined.z),
             "window": [_num(self.window[0]), _num(self.window[1])],
             "law1_min_P": int(P[self.law1_P].min()),
             "law2_min_P": int(P[self.law2_P].min()),
             "method": self.options.method,
+            "law2_method": self.options.law2_method,
+            "eps_star_method": self.options.eps_star_method,
             "window_auto": self.window_auto,
-            "gamma1_pooled": _num(f.law1.gamma1_pooled_),
-            "gamma1_pooled_err": _num(f.law1.gamma1_pooled_err_),
             "law2_offset": _num(f.law2.offset_) if self.options.law2_offset else None,
-            "k_meas": _num(f.measured.k_meas_),
-            "eps_star_pred_prefactor": _num(10.0**f.combined.log10_prefactor_),
+            "k_meas": _num(f.eps_star.k_meas_),
+            "eps_star_pred_prefactor": _num(10.0**f.combined.log10_prefactor),
             "lambda_star_source": self.curves.lambda_star_source,
             "grid": [
                 _num(self.curves.log10_grid[0]),
@@ -150,7 +149,7 @@ class FitResult:
             return "-" if value is None else format(value, spec)
 
         def pm(value: float | None, err: float | None) -> str:
-            return f"{g(value)} +- {g(err, '.2g')}"
+            return format_value_error(value, err, ".4g", ".2g")
 
         how = "automatic" if self.window_auto else "given"
         lines = [
@@ -158,8 +157,8 @@ class FitResult:
             f"({j['method']}; window {j['window'][0]:.4g}..{j['window'][1]:.4g} of lambda/lambda*, {how}; "
             f"P >= {j['law1_min_P']})",
             f"law 2   gamma2     = {pm(j['gamma2'], j['gamma2_err'])}   k2 = {g(j['k2'])}   "
-            f"(lambda* from {j['lambda_star_source']}; P >= {j['law2_min_P']})",
-            f"direct  gamma_meas = {pm(j['gamma_meas'], j['gamma_meas_err'])}",
+            f"({j['law2_method']}; lambda* from {j['lambda_star_source']}; P >= {j['law2_min_P']})",
+            f"direct  gamma_meas = {pm(j['gamma_meas'], j['gamma_meas_err'])}   ({j['eps_star_method']})",
             f"product gamma_pred = {pm(j['gamma_pred'], j['sigma'])}   z = {g(j['z'], '.3g')}",
         ]
         if self.ci is not None:
@@ -203,13 +202,12 @@ def _cell(value: float | None) -> float:
 
 
 def _resolve_window(mean: MeanCurves, options: FitOptions) -> tuple[tuple[float, float], bool]:
-    methods = getattr(plugins.get("fitters", "law1"), "methods", (options.method,))
-    if options.method not in methods:  # checked here, or the window search would hide it behind "no window"
-        raise FitError(f"law 1: unknown method {options.method!r}; use one of {', '.join(methods)}")
+    check_methods(options)  # here, or the window search would hide a bad name behind "no window"
     if options.window is not None:
         return (float(options.window[0]), float(options.window[1])), False
     m1 = law_P_mask(mean.P, options.law1_min_P, "--law1-min-P")
-    choice = choose_window(mean.log10_grid, mean.mean_error[m1], mean.P[m1], method=options.method)
+    fitter = fitter_class("law1", options.method)
+    choice = choose_window(mean.log10_grid, mean.mean_error[m1], mean.P[m1], fitter=fitter)
     return choice.window, True
 
 
@@ -246,7 +244,8 @@ def fit_curves(
     window, auto = _resolve_window(mean, options)
     fits = fit_laws(mean, window, options)
     m1 = law_P_mask(mean.P, options.law1_min_P, "--law1-min-P")
-    sensitivity = window_sensitivity(mean.log10_grid, mean.mean_error[m1], mean.P[m1], window, method=options.method)
+    law1 = fitter_class("law1", options.method)
+    sensitivity = window_sensitivity(mean.log10_grid, mean.mean_error[m1], mean.P[m1], window, fitter=law1)
     notes = []
     if seed_grid is not None and seed_grid.dropped:
         notes.append(

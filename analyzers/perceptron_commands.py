@@ -9,7 +9,6 @@ report (:mod:`normdyn.analyzers.perceptron_report`) into ``OUT``.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from normdyn.core import plugins
 from normdyn.core.errors import ConfigError
 from normdyn.core.hookspecs import hookimpl
 from normdyn.core.store import MeasureRecord, Run, list_runs
+from normdyn.core.table import format_value_error
 from normdyn.core.view import CheckpointView, RunContext
 from normdyn.trainer.perceptron import PerceptronExperiment, run_experiment
 
@@ -241,24 +241,18 @@ def perceptron_command(
     extra["seconds_total"] = round(time.perf_counter() - t0, 1)
     index = write_report(out_dir, sim, th, N=exp.N, extra=extra)
     click.echo(
-        f"gamma1 = {_pm(j['gamma1'], j['gamma1_err'])}  (theory 1/2; theory curves, same fit: "
-        f"{_pm(tj['gamma1'], tj['gamma1_err'])})"
+        f"gamma1 = {format_value_error(j['gamma1'], j['gamma1_err'])}  (theory 1/2; theory curves, same fit: "
+        f"{format_value_error(tj['gamma1'], tj['gamma1_err'])})"
     )
     click.echo(
-        f"gamma2 = {_pm(j['gamma2'], j['gamma2_err'])}  (theory 1; theory curves, same fit: "
-        f"{_pm(tj['gamma2'], tj['gamma2_err'])})"
+        f"gamma2 = {format_value_error(j['gamma2'], j['gamma2_err'])}  (theory 1; theory curves, same fit: "
+        f"{format_value_error(tj['gamma2'], tj['gamma2_err'])})"
     )
     click.echo(
         f"time: training {extra['seconds_training']} s, fitting {extra['seconds_fitting']} s, "
         f"theory {extra['seconds_theory']} s, total {extra['seconds_total']} s (before the figures)"
     )
     click.echo(f"report: {index}")
-
-
-def _pm(value: float | None, err: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{value:.3f} +- {err:.3f}" if err is not None else f"{value:.3f}"
 
 
 @hookimpl

@@ -24,6 +24,7 @@ import seaborn as sns  # noqa: E402
 
 from normdyn.analyzers.fitting import FitResult  # noqa: E402
 from normdyn.analyzers.perceptron_theory import FixedNormPoint  # noqa: E402
+from normdyn.core.table import format_value_error  # noqa: E402
 
 __all__ = ["TheoryCurves", "write_report"]
 
@@ -107,7 +108,7 @@ def _fig_collapse(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> li
         law1.k1_ * xs ** (-law1.gamma1_),
         color="black",
         lw=2.2,
-        label=f"fit: gamma1 = {law1.gamma1_:.3f} +- {law1.gamma1_err_:.3f}",
+        label=f"fit: gamma1 = {format_value_error(law1.gamma1_, law1.gamma1_err_)}",
     )
     ax.plot(xs, law1.k1_ * xs**-0.5, color="red", lw=1, ls=":", label="theory slope 1/2")
     ax.axvspan(lo, hi, color="grey", alpha=0.12)
@@ -134,7 +135,7 @@ def _fig_lambda_star(fit: FitResult, theory: TheoryCurves, N: int, out: Path) ->
         a,
         law2.k2_ * (a * N) ** law2.gamma2_,
         color="black",
-        label=f"fit: gamma2 = {law2.gamma2_:.3f} +- {law2.gamma2_err_:.3f} (theory 1)",
+        label=f"fit: gamma2 = {format_value_error(law2.gamma2_, law2.gamma2_err_)} (theory 1)",
     )
     ax.set(xscale="log", yscale="log", xlabel="alpha = P / N", ylabel="lambda*", title="Law 2: lambda*(alpha)")
     ax.legend(fontsize=7)
@@ -178,8 +179,7 @@ def write_report(out: str | Path, fit: FitResult, theory: TheoryCurves, *, N: in
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
 
     def pm(key: str) -> str:
-        v, e = fit_json.get(key), fit_json.get(f"{key}_err")
-        return "-" if v is None else f"{v:.3f} &plusmn; {e:.3f}" if e is not None else f"{v:.3f}"
+        return format_value_error(fit_json.get(key), fit_json.get(f"{key}_err"), sep=" &plusmn; ")
 
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>"

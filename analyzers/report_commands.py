@@ -10,6 +10,7 @@ import click
 
 from normdyn.analyzers.fit_commands import law_options, parse_where
 from normdyn.analyzers.fitting import FitOptions
+from normdyn.analyzers.law_fits import check_methods
 from normdyn.analyzers.report import ReportSummary, build_report
 from normdyn.core.hookspecs import hookimpl
 
@@ -56,8 +57,14 @@ def _command_line(params: dict[str, Any]) -> str:
     for key, flag in (("law1_min_P", "--law1-min-P"), ("law2_min_P", "--law2-min-P")):
         if params[key] is not None:
             args += [flag, str(params[key])]
-    if params["method"] != "paper":
-        args += ["--method", params["method"]]
+    defaults = FitOptions()
+    for key, flag, default in (
+        ("method", "--method", defaults.method),
+        ("law2_method", "--law2-method", defaults.law2_method),
+        ("eps_star_method", "--eps-star-method", defaults.eps_star_method),
+    ):
+        if params[key] != default:
+            args += [flag, params[key]]
     return shlex.join(args)
 
 
@@ -81,6 +88,8 @@ def report_command(
     law1_min_P: int | None,
     law2_min_P: int | None,
     method: str,
+    law2_method: str,
+    eps_star_method: str,
 ) -> None:
     """Write figures, CSV tables, results.json and a self-contained index.html for STORES into --out.
 
@@ -97,8 +106,18 @@ def report_command(
         law1_min_P=law1_min_P,
         law2_min_P=law2_min_P,
         method=method,
+        law2_method=law2_method,
+        eps_star_method=eps_star_method,
     )
-    options = FitOptions(window=window, law1_min_P=law1_min_P, law2_min_P=law2_min_P, method=method)
+    options = FitOptions(
+        window=window,
+        law1_min_P=law1_min_P,
+        law2_min_P=law2_min_P,
+        method=method,
+        law2_method=law2_method,
+        eps_star_method=eps_star_method,
+    )
+    check_methods(options)  # a wrong fitter name fails the command, not every report item
     summary = build_report(
         list(stores),
         out,

@@ -1,6 +1,8 @@
 """The law-1 window: an automatic, deterministic choice and a sensitivity table.
 
-Automatic choice (when no ``--window`` is given):
+Automatic choice (when no ``--window`` is given), with the selected law-1
+fitter (``fitter``, a class of the law-1 contract) and its collapse (the fit
+over a window holding every grid point):
 
 1. Candidate windows [10^a, 10^b] of lambda/lambda* have edges on a 0.1-decade
    lattice (a, b integer multiples of ``step``), lie below the minimum
@@ -19,12 +21,13 @@ decades, so one can see how much the answer depends on the choice.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from normdyn.core import plugins
+from normdyn.analyzers.law_fits import Law1Fitter
 from normdyn.core.errors import FitError
 
 __all__ = ["WindowChoice", "choose_window", "window_sensitivity", "SENSITIVITY_SHIFTS"]
@@ -41,24 +44,20 @@ class WindowChoice:
     candidates: int
 
 
-def _fit_law1(
-    log10_grid: np.ndarray, mean_error: np.ndarray, P: np.ndarray, window: tuple[float, float], method: str
-) -> Any:
-    return plugins.get("fitters", "law1")(window=window, method=method).fit(log10_grid, mean_error, P)
-
-
 def choose_window(
     log10_grid: np.ndarray,
     mean_error: np.ndarray,
     P: np.ndarray,
     *,
-    method: str = "paper",
+    fitter: Callable[..., Law1Fitter],
     step: float = 0.1,
     min_width: float = 0.5,
     agree_tol: float = 0.02,
 ) -> WindowChoice:
     """The widest window of lambda/lambda* < 1 whose per-P slopes agree best (module docstring)."""
-    log10_x, log10_y = plugins.get("fitters", "law1").collapse(log10_grid, mean_error, P)
+    span = float(log10_grid[-1] - log10_grid[0])
+    collapse = fitter(window=(10.0**-span, 10.0**span)).fit(log10_grid, mean_error, P)  # every grid point
+    log10_x, log10_y = collapse.log10_x_, collapse.log10_y_
     lowest = float(np.max(np.min(np.where(np.isfinite(log10_y), log10_x, np.inf), axis=1)))  # every P has points there
     k_lo = math.ceil(lowest / step - 1e-9)
     k_hi = -1
@@ -70,7 +69,7 @@ def choose_window(
             tried += 1
             window = (10.0 ** (a * step), 10.0 ** (b * step))
             try:
-                fit = _fit_law1(log10_grid, mean_error, P, window, method)
+                fit = fitter(window=window).fit(log10_grid, mean_error, P)
             except FitError:
                 continue
             score = float(np.std(fit.gamma1_P_))
@@ -92,7 +91,7 @@ def window_sensitivity(
     P: np.ndarray,
     window: tuple[float, float],
     *,
-    method: str = "paper",
+    fitter: Callable[..., Law1Fitter],
     shifts: tuple[float, ...] = SENSITIVITY_SHIFTS,
 ) -> list[dict[str, Any]]:
     """gamma1 for the window with each edge shifted by ``shifts`` decades; rows that cannot be fitted say why."""
@@ -105,7 +104,7 @@ def window_sensitivity(
             if w[1] <= w[0]:
                 continue
             try:
-                fit = _fit_law1(log10_grid, mean_error, P, w, method)
+                fit = fitter(window=w).fit(log10_grid, mean_error, P)
                 row.update(gamma1=fit.gamma1_, gamma1_err=fit.gamma1_err_, spread=float(np.std(fit.gamma1_P_)))
             except FitError as exc:
                 row.update(gamma1=None, gamma1_err=None, spread=None, error=str(exc))

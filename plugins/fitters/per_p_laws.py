@@ -1,9 +1,4 @@
-"""Power laws of a per-P quantity: law 2 (lambda*(P)) and the measured eps*(P).
-
-- Law 2: lambda*(P) = k2 P^gamma2 (optionally + c): OLS of log lambda* on
-  log P with its standard error, as the reference's ``fit_and_plot_powerlaw``.
-- Measured: eps*(P) = k_meas P^(-gamma_meas): OLS of log eps* on log P over
-  the P given (the reference uses all P).
+"""The built-in fitters of per-P power laws: law 2 (lambda*(P)) and the direct eps*(P) fit.
 
 lambda* is passed as log10 so a ViT's 1e75 never leaves log space.
 """
@@ -16,7 +11,7 @@ from normdyn.core.errors import FitError
 from normdyn.core.hookspecs import Register, hookimpl
 from normdyn.plugins.fitters.powerlaw import PowerLaw
 
-__all__ = ["Law2LambdaStar", "MeasuredExponent"]
+__all__ = ["Law2OLS", "EpsStarOLS"]
 
 
 def _check_P(P: np.ndarray, what: str) -> np.ndarray:
@@ -27,20 +22,21 @@ def _check_P(P: np.ndarray, what: str) -> np.ndarray:
     return P
 
 
-class Law2LambdaStar:
-    """Fit lambda*(P) = k2 P^gamma2 (+ c with ``offset=True``).
+class Law2OLS:
+    """lambda*(P) = k2 P^gamma2: OLS of log10 lambda* on log10 P, gamma2 = slope with its OLS standard
+    error (the reference's ``fit_and_plot_powerlaw``). With ``offset=True``: k2 P^gamma2 + c by
+    ``scipy.optimize.curve_fit`` with relative residuals (see :class:`PowerLaw`).
 
-    Fitted attributes: ``gamma2_``, ``gamma2_err_``, ``log10_k2_``, ``k2_``,
-    ``offset_``, ``offset_err_``, ``P_``, ``log10_lambda_star_``; ``power_law_``
-    is the underlying :class:`PowerLaw`.
+    Besides the law-2 contract it keeps ``offset_err_`` and ``power_law_`` (the :class:`PowerLaw`).
     """
 
-    name = "law2"
+    name = "law2_ols"
+    law = "law2"
 
     def __init__(self, offset: bool = False):
         self.offset = offset
 
-    def fit(self, P: np.ndarray, log10_lambda_star: np.ndarray) -> Law2LambdaStar:
+    def fit(self, P: np.ndarray, log10_lambda_star: np.ndarray) -> Law2OLS:
         """Fit on training-set sizes ``P`` and ``log10 lambda*(P)``; return self."""
         P = _check_P(P, "law 2")
         self.P_ = P
@@ -57,15 +53,14 @@ class Law2LambdaStar:
         return self.power_law_.predict_log10(np.log10(np.asarray(P, dtype=np.float64)))
 
 
-class MeasuredExponent:
-    """Fit eps*(P) = k_meas P^(-gamma_meas) directly.
+class EpsStarOLS:
+    """eps*(P) = k_meas P^(-gamma_meas): OLS of log10 eps* on log10 P over the P given (the reference
+    uses all P); gamma_meas = -slope with its OLS standard error, k_meas = 10^intercept."""
 
-    Fitted attributes: ``gamma_meas_``, ``gamma_meas_err_``, ``k_meas_``, ``P_``, ``eps_star_``.
-    """
+    name = "eps_star_ols"
+    law = "eps_star"
 
-    name = "measured"
-
-    def fit(self, P: np.ndarray, eps_star: np.ndarray) -> MeasuredExponent:
+    def fit(self, P: np.ndarray, eps_star: np.ndarray) -> EpsStarOLS:
         """Fit on training-set sizes ``P`` and minimal mean test errors ``eps_star``; return self."""
         P = _check_P(P, "measured exponent")
         self.P_ = P
@@ -81,6 +76,6 @@ class MeasuredExponent:
 
 @hookimpl
 def register_fitters(register: Register) -> None:
-    """Register the law-2 and measured-exponent fitters."""
-    register(Law2LambdaStar)
-    register(MeasuredExponent)
+    """Register the law-2 and direct eps*(P) fitters."""
+    register(Law2OLS)
+    register(EpsStarOLS)

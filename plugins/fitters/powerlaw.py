@@ -1,4 +1,4 @@
-"""The generic power-law fitter ``y = k x^(-gamma) [+ c]`` that the law fitters use.
+"""The power law ``y = k x^(-gamma) [+ c]`` and the OLS lines that the law fitters use (library code, not a plugin).
 
 Without an offset the fit is ordinary least squares of log10 y on log10 x:
 slope = -gamma, intercept = log10 k, and the standard errors are the OLS
@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from normdyn.core.errors import FitError
-from normdyn.core.hookspecs import Register, hookimpl
+from normdyn.core.table import format_value_error
 
 __all__ = ["PowerLaw", "MIN_POINTS", "ols_line", "ols_rows"]
 
@@ -62,8 +62,6 @@ class PowerLaw:
     ``log10_k_``, ``log10_k_err_``, ``k_``, ``offset_`` (0 without offset),
     ``offset_err_``, ``n_`` (points used).
     """
-
-    name = "power_law"
 
     def __init__(self, offset: bool = False, what: str = "power law"):
         self.offset = offset
@@ -137,10 +135,5 @@ class PowerLaw:
     def __repr__(self) -> str:
         if not hasattr(self, "gamma_"):
             return f"PowerLaw(offset={self.offset})"
-        return f"PowerLaw(gamma={self.gamma_:.4g} +- {self.gamma_err_:.2g}, k=10^{self.log10_k_:.4g}, n={self.n_})"
-
-
-@hookimpl
-def register_fitters(register: Register) -> None:
-    """Register the generic power-law fitter."""
-    register(PowerLaw)
+        gamma = format_value_error(self.gamma_, self.gamma_err_, ".4g", ".2g")
+        return f"PowerLaw(gamma={gamma}, k=10^{self.log10_k_:.4g}, n={self.n_})"

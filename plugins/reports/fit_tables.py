@@ -54,7 +54,8 @@ class FitSummary:
                 "gamma2",
                 j["gamma2"],
                 j["gamma2_err"],
-                f"k2 = {_fmt(j['k2'])}; lambda* from {j['lambda_star_source']}; P >= {j['law2_min_P']}",
+                f"k2 = {_fmt(j['k2'])}; lambda* from {j['lambda_star_source']}; P >= {j['law2_min_P']}; "
+                f"{j['law2_method']}",
             ],
             [
                 "combined: eps* ~ P^-(gamma1 gamma2)",
@@ -68,7 +69,7 @@ class FitSummary:
                 "gamma_meas",
                 j["gamma_meas"],
                 j["gamma_meas_err"],
-                f"k = {_fmt(j['k_meas'])}",
+                f"k = {_fmt(j['k_meas'])}; {j['eps_star_method']}",
             ],
         ]
         out.table(
