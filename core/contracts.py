@@ -155,14 +155,11 @@ def _measure(owner: str, obj: Any) -> None:
     _methods("measures", owner, obj, ("compute",))
 
 
-_PENDING_LAW_CHECK = False  # TEMPORARY until the built-in fitters carry 'law'
-
-
 def _fitter(owner: str, obj: Any) -> None:
     if not isinstance(obj, type):
         raise _fail("fitters", owner, obj, "a fitter is registered as a class (instantiated with its hyperparameters)")
     law = getattr(obj, "law", None)
-    if law not in FITTER_LAWS and _PENDING_LAW_CHECK:
+    if law not in FITTER_LAWS:
         raise _fail("fitters", owner, obj, f"'law' is {law!r}; use one of {', '.join(FITTER_LAWS)}")
     _methods("fitters", owner, obj, ("fit",))
 
