@@ -1,4 +1,4 @@
-"""A minimal third-party normdyn plugin: the largest absolute weight."""
+"""A minimal third-party normdyn plugin: the largest absolute weight (a law-1 fitter is in .fitters)."""
 
 from __future__ import annotations
 
