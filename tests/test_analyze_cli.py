@@ -110,16 +110,32 @@ def test_failures_are_recorded_per_item_and_the_batch_goes_on(tmp_path: Path) ->
         f"checkpoint file does not exist"
     )
     assert "bad step 4 spectral_complexity:" in errors[1] and "tensor(s) l1.weight hold NaN or inf values" in errors[1]
-    assert (
-        "bad step 5 spectral_complexity:" in errors[2]
-        and "expects a 2-D weight 'l1.weight', found shape [3, 4, 2]" in errors[2]
+    # the store's verified read refuses a layout unlike the run's first checkpoint before the view sees it
+    assert errors[2].startswith(
+        f"error: bad step 5 spectral_complexity: {bad.path / 'ckpt/step-0000000005.safetensors'}: tensor 'l1.weight' "
     )
+    assert "in the run's first checkpoint" in errors[2]
     rec = bad.read_measure("spectral_complexity")
     assert sorted(rec.errors) == [1, 4, 5] and np.isnan(rec.values[[1, 4, 5]]).all()
     assert np.isfinite(rec.values[[0, 2, 3]]).all()
     assert np.isfinite(good.read_measure("spectral_complexity").values).all()
     retry = analyze_store(tmp_path, ["spectral_complexity"])  # failed rows are retried, good ones skipped
     assert (retry.computed, retry.skipped, retry.failed) == (0, 5, 3)
+
+
+def test_a_checkpoint_unlike_its_spec_fails_with_the_layer_named(tmp_path: Path) -> None:
+    run = Run.create(tmp_path, "misfit", config={}, model_spec={"layers": LAYERS}, dataset={}, P=10, seed=0)
+    wrong = _state(8)
+    wrong["l1.weight"] = torch.randn(3, 4, 2)
+    run.append_checkpoint(wrong, step=0, epoch=0.0)
+    result = CliRunner().invoke(cli, ["analyze", str(tmp_path), "-m", "spectral_complexity", "-q"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"error: misfit step 0 spectral_complexity: {run.path / 'ckpt/step-0000000000.safetensors'}: layer 'l1' "
+        "(linear) expects a 2-D weight 'l1.weight', found shape [3, 4, 2]; the checkpoint does not match its "
+        "model spec",
+        "1 run(s): 0 computed, 0 skipped, 1 failed",
+    ]
 
 
 def test_unknown_measure_lists_the_available_ones(tmp_path: Path) -> None:
