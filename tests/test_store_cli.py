@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -179,3 +180,36 @@ def test_folder_that_is_not_a_store(tmp_path: Path) -> None:
     f = tmp_path / "photos" / "cat.jpg"
     result = invoke("store", "ls", str(f))
     assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_repair_of_a_read_only_run_is_one_problem_and_the_batch_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = make_store(tmp_path)
+    for run in runs:  # each run has something to repair: its index is gone
+        os.remove(run.index)
+    locked = runs[0].path
+    if os.geteuid() != 0:
+        locked.chmod(0o555)
+    else:  # root writes anywhere: make the file system refuse writes in this one directory
+        real_open = os.open
+
+        def refuse(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if Path(path).parent == locked and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse)
+    try:
+        result = invoke("store", "fsck", "--repair", str(tmp_path))
+    finally:
+        locked.chmod(0o755)
+    assert result.exit_code == 1
+    problems = [line for line in result.output.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 1
+    assert problems[0].startswith(f"problem: {locked}: cannot repair this run (Permission denied: {locked}/")
+    assert problems[0].endswith(
+        "make the run directory readable and writable, then run `normdyn store fsck --repair` again"
+    )
+    assert f"repaired: {runs[1].index}: rebuilt from 3 checkpoint files" in result.output
+    assert result.output.strip().splitlines()[-1] == "2 run(s) checked, 1 ok, 1 with problems"

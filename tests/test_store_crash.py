@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from normdyn.core.checkpoint import CheckpointFile
 from normdyn.core.fsck import fsck_run
@@ -70,3 +71,32 @@ def test_sigkill_during_appends_loses_nothing_completed(tmp_path: Path) -> None:
         if rec is not None:  # measures survive, aligned with the (possibly grown) table
             assert len(rec.values) == len(steps)
             assert np.all(np.isnan(rec.values) | (rec.values == np.arange(len(steps))))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_writer_removes_temporaries_of_dead_writers_only(tmp_path: Path) -> None:
+    run = Run.create(tmp_path, "r", config={}, model_spec={}, dataset={}, P=1, seed=0)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead_index = run.path / f".tmp-{_dead_pid()}-run.h5"  # what a SIGKILL during an index write leaves
+        dead_ckpt = run.path / "ckpt" / f".tmp-{_dead_pid()}-step-0000000005.safetensors"
+        live = run.path / f".tmp-{sleeper.pid}-run.h5"  # a writer still at work: never touched
+        for p in (dead_index, dead_ckpt, live):
+            p.write_bytes(b"partial")
+        report = fsck_run(run.path)
+        assert report.problems == [
+            f"{dead_index}: stale temporary file from an interrupted write",
+            f"{dead_ckpt}: stale temporary file from an interrupted write",
+        ]
+        run.append_checkpoint({"w": torch.ones(2)}, step=0, epoch=0.0)
+        assert not dead_index.exists() and not dead_ckpt.exists()
+        assert live.read_bytes() == b"partial"
+        assert fsck_run(run.path).ok  # a later successful run leaves a store fsck passes, no --repair
+    finally:
+        sleeper.kill()
+        sleeper.wait()
