@@ -204,7 +204,7 @@ def fitter_class(law: str, name: str) -> Callable[..., Any]:
     cls = candidates[name]
     if cls.law != law:
         raise FitError(f"{label}: fitter {name!r} estimates {cls.law}, not {law}; use one of {choices}")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def check_methods(options: FitOptions) -> None:
@@ -225,9 +225,9 @@ def law_P_mask(P: np.ndarray, min_P: int | None, option: str) -> np.ndarray:
 def _law2_fitter(options: FitOptions) -> Law2Fitter:
     cls = fitter_class("law2", options.law2_method)
     if not options.law2_offset:
-        return cls()  # type: ignore[no-any-return]
+        return cls()
     try:
-        return cls(offset=True)  # type: ignore[no-any-return]
+        return cls(offset=True)
     except TypeError:
         raise FitError(
             f"--law2-offset: the law-2 fitter {options.law2_method!r} has no 'offset' hyperparameter"

@@ -87,6 +87,17 @@ class CollapseFitter:
 
     name: ClassVar[str]
     law: ClassVar[str] = "law1"
+    # fitted by fit(): the collapse here, the estimates in _estimate()
+    P_: np.ndarray
+    log10_x_: np.ndarray
+    log10_y_: np.ndarray
+    in_window_: np.ndarray
+    gamma1_: float
+    gamma1_err_: float
+    k1_: float
+    gamma1_P_: np.ndarray
+    gamma1_err_P_: np.ndarray
+    k1_P_: np.ndarray
 
     def __init__(self, window: tuple[float, float]):
         self.window = window
