@@ -78,8 +78,8 @@ def store_ls(store_dir: str, as_json: bool) -> None:
     for run in runs:
         try:
             rows.append(_run_row(run))
-        except StoreError as exc:
-            errors.append(exc)
+        except StoreError as damaged:
+            errors.append(damaged)
     if as_json:
         click.echo(json.dumps([dict(zip(headers, r)) for r in rows], indent=2))
     else:
