@@ -51,7 +51,7 @@ def test_analyze_stores_values_then_skips_everything(tmp_path: Path) -> None:
     rec = run.read_measure("spectral_complexity")
     assert rec.values == pytest.approx([_bartlett(run.load_state_dict(i)) for i in range(3)], rel=1e-6)
     assert rec.sha256 == list(run.checkpoints()["sha256"])
-    assert rec.plugin == "normdyn.plugins.measures.spectral" and rec.version == "1"
+    assert rec.plugin == "measures.spectral" and rec.version == "1"  # the entry point that registered it
     assert rec.params == {"fold_bn": True, "include_bias": False, "tol": 1e-7}
     again = CliRunner().invoke(cli, ["analyze", str(tmp_path), "-m", "spectral_complexity", "-m", "frobenius", "-q"])
     assert again.output == "1 run(s): 0 computed, 6 skipped, 0 failed\n"

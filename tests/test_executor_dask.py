@@ -26,7 +26,7 @@ from distributed.utils import get_mp_context
 from normdyn.core.cli import cli
 from normdyn.core.executor import map_tasks
 from normdyn.core.fsck import fsck_run
-from normdyn.core.plugins import DEFAULT_PLUGINS
+from normdyn.core.plugins import builtin_entry_points
 from normdyn.core.store import MeasureRecord, Run, run_dirs
 
 N_CKPT = 5
@@ -106,7 +106,7 @@ def worker_processes() -> Iterator[None]:
                     "normdyn.core.store",
                     "normdyn.trainer.sweep",
                     "normdyn.analyzers.analyze",
-                    *DEFAULT_PLUGINS,
+                    *(ep.value for ep in builtin_entry_points()),
                 ]
             )
             yield
