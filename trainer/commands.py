@@ -100,7 +100,7 @@ def train_cmd(config_file: str | None, resume_dir: str | None, download: bool, q
     if download:
         values["download"] = True
     config = TrainConfig.from_mapping(values, source=config_file or "options")
-    existing = Path(config.store) / config.validate().run_id()
+    existing = Path(config.store) / config.validate(source=config_file).run_id()
     if (existing / INDEX).exists() and Run(existing).status == "complete":
         click.echo(f"run {existing.name} is already complete", err=True)
         click.echo(str(existing))

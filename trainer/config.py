@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from normdyn.core.errors import ConfigError, ScheduleError
+from normdyn.core import plugins
+from normdyn.core.errors import ConfigError, ScheduleError, UnknownNameError
 from normdyn.core.schedule import parse_schedule
 
 if sys.version_info >= (3, 11):
@@ -59,52 +60,102 @@ class TrainConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
-        """A config from a dict; unknown keys are an error naming them and ``source``."""
+        """A config from a dict (not yet validated).
+
+        Unknown keys are an error naming them and ``source``; the message then
+        also lists every problem of the known values, so one run of the command shows them all.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
-            )
-        return cls(**dict(values))
+        if not unknown:
+            return cls(**dict(values))
+        problem = f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        rest = cls(**{k: v for k, v in values.items() if k in known}).problems()
+        raise ConfigError(_joined([problem, *rest], source))
 
     def total(self) -> int:
         """The run length T in the schedule's unit (epochs or steps)."""
         return int(self.epochs if self.epochs is not None else self.steps)  # type: ignore[arg-type]
 
-    def validate(self) -> TrainConfig:
-        """Check every value that can be checked without data; return self."""
+    def problems(self) -> list[str]:
+        """Every problem that can be found without data, names first (model, dataset, optimizer)."""
+        return [*self._unknown_names(), *self._value_problems(), *self._schedule_problems()]
+
+    def _unknown_names(self) -> list[str]:
+        out = []
+        for key, kind in (("model", "models"), ("dataset", "datasets")):
+            name = getattr(self, key)
+            if isinstance(name, str) and name:
+                try:
+                    plugins.get(kind, name)
+                except UnknownNameError as exc:
+                    out.append(str(exc))
+        return out
+
+    def _value_problems(self) -> list[str]:
+        out = [
+            f"{key}={getattr(self, key)!r}: must be a {key} name (a string, see `normdyn plugins`)"
+            for key in ("model", "dataset")
+            if not isinstance(getattr(self, key), str) or not getattr(self, key)
+        ]
+        if self.optimizer not in OPTIMIZERS:
+            out.append(f"optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         if (self.epochs is None) == (self.steps is None):
-            raise ConfigError("set exactly one of epochs and steps (--epochs INT or --steps INT)")
+            out.append("set exactly one of epochs and steps (--epochs INT or --steps INT)")
         for key in ("P", "epochs", "steps", "eval_batch_size"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"{key}={value!r}: must be a positive integer")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"seed={self.seed!r}: must be a non-negative integer")
-        if not isinstance(self.ensemble, bool):
-            raise ConfigError(f"ensemble={self.ensemble!r}: must be true or false")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-        for key, low in (("lr", 0.0), ("init_factor", 0.0)):
+            if value is not None and (not _is_int(value) or value < 1):
+                out.append(f"{key}={value!r}: must be a positive integer")
+        if not _is_int(self.seed) or self.seed < 0:
+            out.append(f"seed={self.seed!r}: must be a non-negative integer")
+        for key in ("ensemble", "download"):
+            if not isinstance(getattr(self, key), bool):
+                out.append(f"{key}={getattr(self, key)!r}: must be true or false")
+        for key in ("lr", "init_factor"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= low:
-                raise ConfigError(f"{key}={value!r}: must be a positive number")
-        if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0:
-            raise ConfigError(f"weight_decay={self.weight_decay!r}: must be >= 0")
-        if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum={self.momentum!r}: must be in [0, 1)")
-        if self.batch_size != "full" and (
-            not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1
-        ):
-            raise ConfigError(f"batch_size={self.batch_size!r}: must be a positive integer or 'full'")
+            if not _is_number(value) or value <= 0:
+                out.append(f"{key}={value!r}: must be a positive number")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            out.append(f"weight_decay={self.weight_decay!r}: must be >= 0")
+        if not _is_number(self.momentum) or not 0 <= self.momentum < 1:
+            out.append(f"momentum={self.momentum!r}: must be in [0, 1)")
+        if self.batch_size != "full" and (not _is_int(self.batch_size) or self.batch_size < 1):  # type: ignore[operator]
+            out.append(f"batch_size={self.batch_size!r}: must be a positive integer or 'full'")
         for key in ("model_params", "dataset_params"):
             if not isinstance(getattr(self, key), dict):
-                raise ConfigError(f"{key} must be a table/dict, got {getattr(self, key)!r}")
+                out.append(f"{key} must be a table/dict, got {getattr(self, key)!r}")
+        for key in ("store", "device"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                out.append(f"{key}={getattr(self, key)!r}: must be a non-empty string")
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            out.append(f"data_root={self.data_root!r}: must be a directory path (a string)")
+        return out
+
+    def _schedule_problems(self) -> list[str]:
+        if not isinstance(self.schedule, str):
+            return [f"schedule={self.schedule!r}: must be a string such as 'log:50'"]
+        total = self.epochs if self.steps is None else self.steps
+        if (self.epochs is None) == (self.steps is None) or not _is_int(total) or total < 1:  # type: ignore[operator]
+            return []  # the run length's problem is reported already; the schedule cannot be checked without it
         try:
             parse_schedule(self.schedule, self.total())
         except ScheduleError as exc:
-            raise ConfigError(f"schedule {self.schedule!r}: {exc}") from None
+            return [f"schedule {self.schedule!r}: {exc}"]
+        return []
+
+    def validate(self, *, source: str | None = None) -> TrainConfig:
+        """Check every value that can be checked without data; return self.
+
+        All problems are reported in one error, one line each (prefixed with
+        ``source`` when given): an UnknownNameError when every problem is an
+        unknown model or dataset name, else a ConfigError.
+        """
+        unknown = self._unknown_names()
+        rest = [*self._value_problems(), *self._schedule_problems()]
+        if rest:
+            raise ConfigError(_joined([*unknown, *rest], source))
+        if unknown:
+            raise UnknownNameError(_joined(unknown, source))
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -115,6 +166,19 @@ class TrainConfig:
         """Deterministic id: ``MODEL-DATASET-P{P}-s{seed}-HASH`` (same config, same run directory)."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.model}-{self.dataset}-P{self.P}-s{self.seed}-{digest}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _joined(problems: list[str], source: str | None) -> str:
+    """One line per problem, each prefixed with ``source`` when given."""
+    return "\n".join(p if source is None else f"{source}: {p}" for p in problems)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

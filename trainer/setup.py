@@ -18,7 +18,7 @@ from torch import nn
 from normdyn.core import plugins
 from normdyn.core.contracts import DatasetTensors
 from normdyn.core.datasets import load_dataset
-from normdyn.core.errors import ConfigError
+from normdyn.core.errors import ConfigError, NormdynError
 from normdyn.core.sampling import subset_indices
 from normdyn.core.schedule import parse_schedule
 from normdyn.trainer.config import TrainConfig
@@ -123,9 +123,28 @@ def make_optimizer(
     )
 
 
+def _described(value: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in value.items())
+
+
 def load_data(config: TrainConfig) -> DatasetTensors:
-    """The whole dataset of ``config`` (through the dataset plugin)."""
-    return load_dataset(config.dataset, root=config.data_root, download=config.download, params=config.dataset_params)
+    """The whole dataset of ``config`` (through the dataset plugin).
+
+    An exception that is not a NormdynError (a plugin that did not check a
+    parameter) becomes a ConfigError naming the dataset and its parameters.
+    """
+    try:
+        return load_dataset(
+            config.dataset, root=config.data_root, download=config.download, params=config.dataset_params
+        )
+    except NormdynError:
+        raise
+    except Exception as exc:
+        given = f" with dataset_params {_described(config.dataset_params)}" if config.dataset_params else ""
+        raise ConfigError(
+            f"dataset {config.dataset!r} cannot be loaded{given}: {exc} ({type(exc).__name__}); "
+            "check these values against the dataset's documentation"
+        ) from exc
 
 
 def dataset_spec(config: TrainConfig) -> dict[str, Any]:
@@ -135,9 +154,47 @@ def dataset_spec(config: TrainConfig) -> dict[str, Any]:
 
 
 def new_model_spec(config: TrainConfig, data: DatasetTensors) -> dict[str, Any]:
-    """The model_spec the family makes for ``config``'s model parameters and the data's shape."""
-    return plugins.get("models", config.model).spec(
-        input_shape=tuple(data.input_shape), num_classes=int(data.num_classes), **config.model_params
+    """The model_spec the family makes for ``config``'s model parameters and the data's shape.
+
+    A family that fails with an exception other than a NormdynError (torch's
+    "negative dimension" for ``widths=[-4]``) gets a ConfigError naming the
+    parameter whose value it could not build: the one given parameter that,
+    left at its default, lets the family build the model (else all given ones).
+    """
+    family = plugins.get("models", config.model)
+
+    def spec(params: Mapping[str, Any]) -> dict[str, Any]:
+        return family.spec(input_shape=tuple(data.input_shape), num_classes=int(data.num_classes), **params)
+
+    try:
+        return spec(config.model_params)
+    except NormdynError:
+        raise
+    except Exception as exc:
+        raise ConfigError(_model_problem(config, exc, _culprits(config.model_params, spec))) from exc
+
+
+def _culprits(params: Mapping[str, Any], spec: Callable[[Mapping[str, Any]], Any]) -> dict[str, Any]:
+    """The given parameters that alone make ``spec`` fail (all given ones when none does alone)."""
+    culprits = {}
+    for key in params:
+        if key == "preset":
+            continue
+        try:
+            spec({k: v for k, v in params.items() if k != key})
+        except Exception:
+            continue
+        culprits[key] = params[key]
+    return culprits or dict(params)
+
+
+def _model_problem(config: TrainConfig, exc: Exception, params: Mapping[str, Any]) -> str:
+    if not params:
+        return f"model {config.model!r} cannot be built for dataset {config.dataset!r}: {exc} ({type(exc).__name__})"
+    keys = ", ".join(params)
+    return (
+        f"model {config.model!r} cannot be built with model_params {_described(params)}: {exc} "
+        f"({type(exc).__name__}); change {keys} (see the model family's documentation)"
     )
 
 
@@ -149,7 +206,15 @@ def build_model(config: TrainConfig, spec: Mapping[str, Any]) -> nn.Module:
     seed alone.
     """
     torch.manual_seed(config.seed)
-    model = plugins.get("models", config.model).build(spec)
+    try:
+        model = plugins.get("models", config.model).build(spec)
+    except NormdynError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"model {config.model!r} cannot be rebuilt from its model_spec: {exc} ({type(exc).__name__}); "
+            "the stored spec does not fit this model family"
+        ) from exc
     scale_weight_matrices(model, spec["layers"], float(config.init_factor))
     return model
 
@@ -205,9 +270,7 @@ def prepare(config: TrainConfig, model_spec: Mapping[str, Any] | None = None) ->
     family makes a new spec from the data's shape. Every check happens here,
     before a run directory is created or a step is taken.
     """
-    config.validate()
-    plugins.get("models", config.model)
-    plugins.get("datasets", config.dataset)  # unknown names fail before loading anything
+    config.validate()  # unknown names and bad values fail before loading anything
     device = resolve_device(config.device)
     data = load_data(config)
     idx = subset_indices(len(data.x_train), config.P, config.seed)
