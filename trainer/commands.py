@@ -15,7 +15,7 @@ from normdyn.core.executor_cli import executor_options
 from normdyn.core.hookspecs import hookimpl
 from normdyn.core.store import INDEX, Run
 from normdyn.trainer.config import TrainConfig, read_toml
-from normdyn.trainer.loop import resume, train
+from normdyn.trainer.loop import check_store, resume, train
 from normdyn.trainer.sweep import expand_grid, run_sweep
 
 # CLI option -> TrainConfig field, for the options that set a config value
@@ -92,8 +92,10 @@ def train_cmd(config_file: str | None, resume_dir: str | None, download: bool, q
                 f"--resume continues the stored config; only --device and --data-root may "
                 f"be given with it (got --{', --'.join(k.replace('_', '-') for k in fixed)})"
             )
+        if Run(resume_dir).status == "complete":
+            click.echo(f"run {Path(resume_dir).resolve().name} is already complete; nothing to resume", err=True)
         run = resume(resume_dir, device=given.get("device"), data_root=given.get("data_root"), progress=not quiet)
-        click.echo(str(run.path))
+        click.echo(str(run.path.resolve()))
         return
     values = _config_file(config_file) if config_file else {}
     values.update(given)
@@ -103,9 +105,9 @@ def train_cmd(config_file: str | None, resume_dir: str | None, download: bool, q
     existing = Path(config.store) / config.validate(source=config_file).run_id()
     if (existing / INDEX).exists() and Run(existing).status == "complete":
         click.echo(f"run {existing.name} is already complete", err=True)
-        click.echo(str(existing))
+        click.echo(str(existing.resolve()))
         return
-    click.echo(str(train(config, progress=not quiet).path))
+    click.echo(str(train(config, progress=not quiet).path.resolve()))
 
 
 @click.command("sweep")
@@ -137,11 +139,12 @@ def sweep_cmd(
     configuration train together, each into its own ordinary run.
     """
     configs = expand_grid(read_toml(config_file), source=config_file)
+    check_store(store)
     if ensemble:
         configs = [replace(c, ensemble=True) for c in configs]
     if dry_run:
         for config in configs:
-            path = Path(store) / config.run_id()
+            path = (Path(store) / config.run_id()).resolve()
             status = Run(path).status if (path / INDEX).exists() else "new"
             click.echo(f"{status}  {path}")
         return
@@ -153,7 +156,7 @@ def sweep_cmd(
                 click.echo(f"failed  {TrainConfig.from_mapping(task['config']).run_id()}: {outcome}", err=True)
             else:
                 counts[outcome["action"]] += 1
-                click.echo(f"{outcome['action']}  {outcome['run_dir']}")
+                click.echo(f"{outcome['action']}  {Path(outcome['run_dir']).resolve()}")
             bar.update(1)
     click.echo(f"{len(configs)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     if counts["failed"]:

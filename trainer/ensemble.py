@@ -42,7 +42,7 @@ import copy
 import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,7 +56,17 @@ from normdyn.core.errors import ConfigError, StoreError
 from normdyn.core.sampling import subset_indices
 from normdyn.core.store import INDEX, Run
 from normdyn.trainer.config import TrainConfig
-from normdyn.trainer.loop import Position, current_rng, next_batch, read_resume, train_or_resume, write_resume
+from normdyn.trainer.loop import (
+    Position,
+    check_store,
+    current_rng,
+    load_resume_point,
+    new_run,
+    next_batch,
+    read_resume,
+    train_or_resume,
+    write_resume,
+)
 from normdyn.trainer.setup import (
     EVAL_BATCH_OTHER,
     ORDER_SEED_OFFSET,
@@ -152,15 +162,7 @@ def _refuse_unstackable(model: nn.Module, name: str) -> None:
 def _open_member(config: TrainConfig, spec: dict[str, Any], data_spec: dict[str, Any]) -> tuple[Run, str]:
     path = Path(config.store) / config.run_id()
     if not (path / INDEX).exists():
-        return Run.create(
-            config.store,
-            config.run_id(),
-            config=asdict(config),
-            model_spec=spec,
-            dataset=data_spec,
-            P=config.P,
-            seed=config.seed,
-        ), "trained"
+        return new_run(config, spec, data_spec), "trained"
     run = Run(path)
     if json.dumps(run.model_spec, sort_keys=True) != json.dumps(spec, sort_keys=True):
         raise ConfigError(
@@ -180,6 +182,7 @@ def prepare_ensemble(configs: list[TrainConfig]) -> Ensemble:
         config.validate()
     check_members(configs)
     c0 = configs[0]
+    check_store(c0.store)
     device = resolve_device(c0.device)
     data = load_data(c0)
     spec = new_model_spec(c0, data)
@@ -200,7 +203,7 @@ def prepare_ensemble(configs: list[TrainConfig]) -> Ensemble:
         point = read_resume(run, device)
         if point is not None:
             saved_optimizers.append(point.optimizer)
-            module.load_state_dict(point.weights)
+            load_resume_point(module, None, run, point)
             order.set_state(point.order_state)
             rng, at = point.rng, point.at
             run.set_status("running")

@@ -12,6 +12,7 @@ already in the index are not written again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from normdyn.core.errors import StoreError
-from normdyn.core.store import INDEX, Run
+from normdyn.core.store import INDEX, Run, checkpoint_filename
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.objective import evaluate
 from normdyn.trainer.resume_state import pack_optimizer, unpack_optimizer
@@ -30,6 +31,8 @@ __all__ = [
     "train",
     "resume",
     "train_or_resume",
+    "check_store",
+    "new_run",
     "measure_point",
     "train_step",
     "save_point",
@@ -38,6 +41,7 @@ __all__ = [
     "current_rng",
     "write_resume",
     "read_resume",
+    "load_resume_point",
     "next_batch",
 ]
 
@@ -100,27 +104,56 @@ def write_resume(
 
 
 def read_resume(run: Run, device: torch.device) -> ResumePoint | None:
-    """The resume state of ``run`` (None if it has none), checked against its index."""
+    """The resume state of ``run`` (None if it has none), checked before anything continues from it.
+
+    The weights come from the checkpoint of the resume step, its sha256
+    verified against the index; every floating-point tensor of the resume
+    state and of those weights must be finite. Any defect is a StoreError
+    naming the file and saying what to do.
+    """
     saved = run.load_resume()
     if saved is None:
         return None
     tensors, meta = saved
-    steps = [int(s) for s in run.checkpoints()["step"]]
-    if meta["step"] not in steps:
+    resume_file = run.path / "resume" / "latest.safetensors"
+    try:
+        at = Position(step=int(meta["step"]), samples_seen=int(meta["samples_seen"]), pos=int(meta["pos"]))
+        optimizer = unpack_optimizer(tensors, meta["optimizer"])
+        order_state = tensors["rng.order"].clone()
+    except (KeyError, TypeError, ValueError) as exc:
         raise StoreError(
-            f"{run.path}: the resume state is at step {meta['step']} but the index has no such "
+            f"{resume_file}: damaged resume state (missing or invalid {exc}); {_CANNOT_CONTINUE}"
+        ) from None
+    steps = [int(s) for s in run.checkpoints()["step"]]
+    if at.step not in steps:
+        raise StoreError(
+            f"{run.path}: the resume state is at step {at.step} but the index has no such "
             f"checkpoint; run `normdyn store fsck --repair` on the store"
         )
-    perm = tensors["order.perm"].to(device) if "order.perm" in tensors else None
-    at = Position(step=int(meta["step"]), samples_seen=int(meta["samples_seen"]), perm=perm, pos=int(meta["pos"]))
+    try:
+        weights = run.load_state_dict(steps.index(at.step), verify=True)
+    except StoreError as exc:
+        raise StoreError(f"cannot resume {run.path} from step {at.step}: {exc}") from None
+    _refuse_non_finite(resume_file, tensors)
+    _refuse_non_finite(run.path / checkpoint_filename(at.step), weights)
+    at.perm = tensors["order.perm"].to(device) if "order.perm" in tensors else None
     rng: dict[str, torch.Tensor] = {k: tensors[k].clone() for k in ("rng.torch", "rng.cuda") if k in tensors}
-    return ResumePoint(
-        at,
-        run.load_state_dict(steps.index(meta["step"])),
-        unpack_optimizer(tensors, meta["optimizer"]),
-        tensors["rng.order"].clone(),
-        rng,
-    )
+    return ResumePoint(at, weights, optimizer, order_state, rng)
+
+
+_CANNOT_CONTINUE = (
+    "the run cannot continue from it: check the store with `normdyn store fsck`, "
+    "or train the config again into another store"
+)
+
+
+def _refuse_non_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise StoreError(
+                f"{path}: tensor {name!r} holds NaN or inf (the run diverged, or the file is damaged); "
+                f"{_CANNOT_CONTINUE}"
+            )
 
 
 def _save_resume(t: Training, run: Run, at: Position, order: torch.Generator) -> None:
@@ -132,13 +165,44 @@ def _load_resume(t: Training, run: Run, order: torch.Generator) -> Position:
     point = read_resume(run, t.device)
     if point is None:
         return Position()
-    t.model.load_state_dict(point.weights)
-    t.optimizer.load_state_dict(point.optimizer)
+    load_resume_point(t.model, t.optimizer, run, point)
     torch.set_rng_state(point.rng["rng.torch"])
     order.set_state(point.order_state)
     if t.device.type == "cuda" and "rng.cuda" in point.rng:
         torch.cuda.set_rng_state(point.rng["rng.cuda"], t.device)
     return point.at
+
+
+def load_resume_point(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, run: Run, point: ResumePoint
+) -> None:
+    """Load the weights (and, unless None, the optimizer state) of ``point`` into the run's rebuilt objects.
+
+    Weights or optimizer tensors that do not fit the model built from the
+    run's model_spec are a StoreError naming the run, not torch's message alone.
+    """
+    try:
+        model.load_state_dict(point.weights)
+        _check_optimizer_shapes(model, point.optimizer)
+        if optimizer is not None:
+            optimizer.load_state_dict(point.optimizer)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise StoreError(
+            f"cannot resume {run.path}: its state at step {point.at.step} does not fit the model built from "
+            f"its model_spec ({first}); the model_spec attribute or the files changed; {_CANNOT_CONTINUE}"
+        ) from None
+
+
+def _check_optimizer_shapes(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                continue
+            if not 0 <= pid < len(shapes) or tuple(value.shape) != shapes[pid]:
+                want = shapes[pid] if 0 <= pid < len(shapes) else "no such parameter"
+                raise ValueError(f"optimizer tensor optim.{pid}.{key} has shape {tuple(value.shape)}, model: {want}")
 
 
 def next_batch(at: Position, P: int, B: int, order: torch.Generator, device: torch.device) -> torch.Tensor | None:
@@ -229,24 +293,51 @@ def train(config: TrainConfig, *, progress: bool = True) -> Run:
     The run id is deterministic (:meth:`TrainConfig.run_id`); an existing run
     of the same config is an error pointing at :func:`resume`.
     """
+    check_store(config.store)
     t = prepare(config)
-    run_id = config.run_id()
-    path = Path(config.store) / run_id
+    path = Path(config.store) / config.run_id()
     if (path / INDEX).exists():
         raise StoreError(
             f"{path}: this run already exists (status {Run(path).status}); "
             f"continue it with `normdyn train --resume {path}`"
         )
-    run = Run.create(
-        config.store,
-        run_id,
-        config=asdict(config),
-        model_spec=t.model_spec,
-        dataset=t.dataset_spec,
-        P=config.P,
-        seed=config.seed,
-    )
-    return _execute(t, run, progress)
+    return _execute(t, new_run(config, t.model_spec, t.dataset_spec), progress)
+
+
+def check_store(store: str) -> None:
+    """``store`` must be a directory of runs, or a new path below a directory; else a StoreError naming it."""
+    path = Path(store)
+    if (path / INDEX).is_file():
+        raise StoreError(f"{path}: this is a run directory, not a store; pass its parent directory")
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            where = "it is" if existing == path else f"{existing} is"
+            raise StoreError(
+                f"{path}: cannot be a store, {where} a file, not a directory; "
+                "give --store a directory (new or existing)"
+            )
+        return
+
+
+def new_run(config: TrainConfig, model_spec: Mapping[str, Any], dataset_spec: Mapping[str, Any]) -> Run:
+    """Create the run of ``config`` in its store (status running)."""
+    try:
+        return Run.create(
+            config.store,
+            config.run_id(),
+            config=asdict(config),
+            model_spec=model_spec,
+            dataset=dataset_spec,
+            P=config.P,
+            seed=config.seed,
+        )
+    except OSError as exc:
+        raise StoreError(
+            f"{Path(config.store) / config.run_id()}: cannot create the run ({exc.strerror or exc}); "
+            "give --store a writable directory"
+        ) from None
 
 
 def resume(
@@ -261,16 +352,28 @@ def resume(
     run = Run(run_dir)
     if run.status == "complete":
         return run
-    values: dict[str, Any] = dict(run.config)
+    values = _stored_object(run, "config")
     values["store"] = str(run.path.parent)
     if device is not None:
         values["device"] = device
     if data_root is not None:
         values["data_root"] = data_root
-    config = TrainConfig.from_mapping(values, source=f"{run.index} (config attribute)")
-    t = prepare(config, model_spec=run.model_spec)
+    source = f"{run.index} (config attribute)"
+    config = TrainConfig.from_mapping(values, source=source).validate(source=source)
+    t = prepare(config, model_spec=_stored_object(run, "model_spec"))
     run.set_status("running")
     return _execute(t, run, progress)
+
+
+def _stored_object(run: Run, name: str) -> dict[str, Any]:
+    """The run attribute ``name`` (config, model_spec), which must be a JSON object."""
+    value = getattr(run, name)  # the store raises a StoreError naming the attribute for a non-object
+    if not isinstance(value, dict):
+        raise StoreError(
+            f"{run.index}: attribute {name!r} is a JSON {type(value).__name__}, not an object; "
+            "the index is damaged: run `normdyn store fsck --repair` on its store"
+        )
+    return dict(value)
 
 
 def train_or_resume(config: TrainConfig, *, progress: bool = True) -> tuple[Run, str]:

@@ -22,13 +22,12 @@ import itertools
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import torch
 
-from normdyn.core import plugins
-from normdyn.core.errors import ConfigError
+from normdyn.core.errors import ConfigError, UnknownNameError
 from normdyn.core.executor import map_tasks
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.ensemble import train_ensemble_or_resume
@@ -36,6 +35,7 @@ from normdyn.trainer.loop import train_or_resume
 
 __all__ = [
     "expand_grid",
+    "sweep_keys",
     "ensemble_groups",
     "sweep_tasks",
     "run_sweep_task",
@@ -45,40 +45,89 @@ __all__ = [
 ]
 
 _NESTED = ("model_params", "dataset_params")
+# The store is where the whole sweep writes (``--store``), never a value of one run's config.
+_NOT_IN_FILE = ("store",)
 
 
-def _set(values: dict[str, Any], key: str, value: Any, source: str) -> None:
-    head, dot, tail = key.partition(".")
-    if dot:
-        if head not in _NESTED or not tail:
-            raise ConfigError(
-                f"{source}: sweep axis {key!r}: dotted axes must be model_params.NAME or dataset_params.NAME"
-            )
-        values.setdefault(head, {})[tail] = value
-    else:
-        values[key] = value
+def sweep_keys() -> list[str]:
+    """The keys a ``[sweep]`` table may vary: config fields (not the store) and the nested parameters."""
+    return [
+        *sorted(f.name for f in fields(TrainConfig) if f.name not in _NOT_IN_FILE),
+        *(f"{head}.NAME" for head in _NESTED),
+    ]
+
+
+def _table(doc: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table, got {value!r}")
+    return dict(value)
+
+
+def _file_problems(base: Mapping[str, Any], axes: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the keys of the [train] and [sweep] tables themselves."""
+    known = {f.name for f in fields(TrainConfig)}
+    out = [
+        f"[{table}] key {key!r}: every run of a sweep is written into --store; remove the key"
+        for table, keys in (("train", base), ("sweep", axes))
+        for key in keys
+        if key in _NOT_IN_FILE
+    ]
+    bad = []
+    for key in axes:
+        head, dot, tail = key.partition(".")
+        if (dot and (head not in _NESTED or not tail)) or (not dot and key not in known):
+            bad.append(key)
+    if bad:
+        out.append(f"[sweep]: unknown config key(s) {', '.join(bad)}; valid sweep keys: {', '.join(sweep_keys())}")
+    out += [
+        f"sweep axis {key!r} must be a non-empty list, got {values!r}"
+        for key, values in axes.items()
+        if not isinstance(values, list) or not values
+    ]
+    return out
+
+
+def _point(base: Mapping[str, Any], axes: Mapping[str, Any], combo: tuple[Any, ...], source: str) -> dict[str, Any]:
+    values = copy.deepcopy(dict(base))
+    for key, value in zip(axes, combo):
+        head, dot, tail = key.partition(".")
+        if dot:
+            nested = values.setdefault(head, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{source}: sweep axis {key!r}: [train] {head} must be a table, got {nested!r}")
+            nested[tail] = value
+        else:
+            values[key] = value
+    return values
 
 
 def expand_grid(doc: Mapping[str, Any], *, source: str = "sweep config") -> list[TrainConfig]:
-    """The validated configs of every grid point of a parsed sweep file."""
+    """The validated configs of every grid point of a parsed sweep file.
+
+    Every problem of the file is reported in one ConfigError (one line each,
+    prefixed with ``source``) before any run starts: its tables and keys,
+    then each distinct problem of the grid points' values.
+    """
     unknown = sorted(set(doc) - {"train", "sweep"})
     if unknown:
         raise ConfigError(f"{source}: unknown table(s) {', '.join(unknown)}; a sweep file has [train] and [sweep]")
-    base = dict(doc.get("train", {}))
-    axes = dict(doc.get("sweep", {}))
-    for key, values in axes.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{source}: sweep axis {key!r} must be a non-empty list, got {values!r}")
-    configs = []
+    base, axes = _table(doc, "train", source), _table(doc, "sweep", source)
+    problems = _file_problems(base, axes)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    configs: list[TrainConfig] = []
+    failures: list[str] = []
+    only_names = True
     for combo in itertools.product(*axes.values()):
-        values = copy.deepcopy(base)
-        for key, value in zip(axes, combo):
-            _set(values, key, value, source)
-        config = TrainConfig.from_mapping(values, source=source).validate()
-        configs.append(config)
-    for config in configs:  # unknown plugin names fail before any run starts
-        plugins.get("models", config.model)
-        plugins.get("datasets", config.dataset)
+        try:
+            config = TrainConfig.from_mapping(_point(base, axes, combo, source), source=source)
+            configs.append(config.validate(source=source))
+        except (ConfigError, UnknownNameError) as exc:  # every point is checked before raising
+            only_names = only_names and isinstance(exc, UnknownNameError)
+            failures += [line for line in str(exc).splitlines() if line not in failures]
+    if failures:
+        raise (UnknownNameError if only_names else ConfigError)("\n".join(failures))
     ids = [c.run_id() for c in configs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{source}: the grid repeats a configuration (a sweep axis has a duplicate value)")
