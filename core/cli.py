@@ -1,8 +1,9 @@
 """The ``normdyn`` command group and the core commands (store, schedule, plugins).
 
-Every other command is added by a plugin through ``register_commands``.
-Library errors (:class:`NormdynError`) become one-line click errors here, for
-every command, including plugins' commands.
+Every other command is added by a plugin through ``register_commands``, most of
+them lazily (:mod:`normdyn.core.command_group`), so starting the CLI imports
+only click and what the chosen command needs. Library errors
+(:class:`NormdynError`) become one-line click errors, for every command.
 """
 
 from __future__ import annotations
@@ -14,23 +15,12 @@ from typing import Any
 import click
 
 from normdyn.core import __version__, plugins
+from normdyn.core.command_group import NormdynGroup
 from normdyn.core.errors import NormdynError, StoreError
 from normdyn.core.fsck import fsck_store
 from normdyn.core.schedule import parse_schedule
 from normdyn.core.store import Run, scan_runs
 from normdyn.core.table import format_table
-
-
-class NormdynGroup(click.Group):
-    """A click group that turns library errors into one-line CLI errors."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        if _LOAD_ERROR is not None:
-            raise click.ClickException(f"plugins failed to load: {_LOAD_ERROR}")
-        try:
-            return super().invoke(ctx)
-        except NormdynError as exc:
-            raise click.ClickException(str(exc)) from None
 
 
 @click.group(cls=NormdynGroup)
@@ -153,12 +143,11 @@ def main() -> None:
     cli(prog_name="normdyn")
 
 
-_LOAD_ERROR: NormdynError | None = None
 _COMMANDS: dict[str, list[str]] = {}
 try:
     _COMMANDS = plugins.register_commands(cli)
 except NormdynError as _exc:  # reported by every command rather than as an import traceback
-    _LOAD_ERROR = _exc
+    cli.load_error = _exc
 
 
 if __name__ == "__main__":

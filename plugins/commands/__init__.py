@@ -1,20 +1,37 @@
 """The top layer: normdyn's own commands, registered like any third-party command.
 
 This package may use every other folder (core, trainer, analyzers, plugins);
-nothing below it imports it. Command modules import their heavy dependencies
-inside the command, so listing commands costs nothing.
+nothing below it imports it. Each command is registered lazily: its module is
+imported only when the command runs or its own ``--help`` is asked for, and
+command modules import their heavy dependencies inside the command function.
 """
 
 from __future__ import annotations
 
-import click
+from typing import Any
 
 from normdyn.core.hookspecs import hookimpl
 
+# name -> (module:attr, the one line `normdyn --help` shows)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "analyze": (
+        "normdyn.plugins.commands.analyze:analyze_cmd",
+        "Compute complexity measures over the checkpoints of stores.",
+    ),
+    "measures": ("normdyn.plugins.commands.analyze:measures_cmd", "List the available complexity measures."),
+    "import": (
+        "normdyn.plugins.commands.import_run:import_cmd",
+        "Import checkpoints made elsewhere as a run of a store.",
+    ),
+    "import-curves": (
+        "normdyn.plugins.commands.import_curves:import_curves_cmd",
+        "Convert deep_norm result files into a curves CSV for normdyn fit.",
+    ),
+}
+
 
 @hookimpl
-def register_commands(cli: click.Group) -> None:
-    """Add normdyn's own commands."""
-    from normdyn.plugins.commands.import_curves import import_curves_cmd
-
-    cli.add_command(import_curves_cmd)
+def register_commands(cli: Any) -> None:
+    """Add normdyn's own commands (lazily when the group supports it, as normdyn's does)."""
+    for name, (target, short_help) in COMMANDS.items():
+        cli.add_lazy_command(name, target, short_help)
