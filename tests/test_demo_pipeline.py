@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from normdyn.analyzers.demo import DemoPlan, demo_plan, perceptron_schedule, run_demo
 from normdyn.core.cli import cli
 from normdyn.core.schedule import parse_schedule
 from normdyn.core.store import list_runs
+from normdyn.plugins.commands.demo_experiment import DemoPlan, demo_plan, perceptron_schedule, run_demo
 
 
 def tiny_plan(seed: int = 0) -> DemoPlan:

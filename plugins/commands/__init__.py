@@ -14,6 +14,24 @@ from normdyn.core.hookspecs import hookimpl
 
 # name -> (module:attr, the one line `normdyn --help` shows)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("normdyn.plugins.commands.train:train_cmd", "Train one run (or continue one with --resume)."),
+    "sweep": (
+        "normdyn.plugins.commands.train:sweep_cmd",
+        "Run a grid of runs into one store (resumable, in parallel).",
+    ),
+    "fit": (
+        "normdyn.plugins.commands.fit:fit_command",
+        "Fit law 1, law 2 and their product on a store or a curves CSV.",
+    ),
+    "report": ("normdyn.plugins.commands.report:report_command", "Write figures, tables and an index.html for stores."),
+    "demo": (
+        "normdyn.plugins.commands.demo:demo_command",
+        "The whole loop on built-in data: train, measure, fit, report (about 4 min).",
+    ),
+    "perceptron": (
+        "normdyn.plugins.commands.perceptron:perceptron_command",
+        "The solvable model: train the teacher-student perceptron, fit both laws, compare with theory.",
+    ),
     "analyze": (
         "normdyn.plugins.commands.analyze:analyze_cmd",
         "Compute complexity measures over the checkpoints of stores.",

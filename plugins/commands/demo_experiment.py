@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from normdyn.analyzers.analyze import analyze_store
-from normdyn.analyzers.perceptron_commands import QUICK, fit_options
+from normdyn.analyzers.perceptron_analysis import fit_options
 from normdyn.analyzers.report import ReportSummary, build_report
 from normdyn.core.errors import ConfigError, NormdynError
 from normdyn.core.schedule import log_points
+from normdyn.plugins.commands.perceptron import perceptron_experiment
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.perceptron import PerceptronExperiment, run_experiment
 from normdyn.trainer.sweep import run_sweep
@@ -80,8 +81,13 @@ def demo_plan(*, quick: bool = False, seed: int = 0) -> DemoPlan:
         schedule="log:30",
     )
     # The perceptron command's quick experiment, without the step-0 checkpoint.
+    quick_exp = perceptron_experiment(quick=True)
     perceptron = replace(
-        QUICK, seeds=seeds, teacher_seed=seed, schedule=perceptron_schedule(30, QUICK.steps), extra={"mode": "demo"}
+        quick_exp,
+        seeds=seeds,
+        teacher_seed=seed,
+        schedule=perceptron_schedule(30, quick_exp.steps),
+        extra={"mode": "demo"},
     )
     fit: dict[str, Any] = {}  # the automatic law-1 window, every P
     if quick:
@@ -193,7 +199,7 @@ def run_demo(
         [str(stores["mnist1d"]), str(stores["perceptron"])],
         out / "report",
         fit_kwargs=plan.fit,
-        store_fit_kwargs={str(stores["perceptron"]): {"options": fit_options(exp)}},
+        store_fit_kwargs={str(stores["perceptron"]): {"options": fit_options(exp.alphas, exp.N)}},
         command_line=f"normdyn demo --out {out} --seed {seed}" + (" --quick" if quick else ""),
     )
     seconds["report"] = time.perf_counter() - t

@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-from normdyn.analyzers.demo import DemoResult, run_demo
-from normdyn.core.hookspecs import hookimpl
+from normdyn.core.table import format_value_error
+
+if TYPE_CHECKING:  # pragma: no cover - the experiment (torch) loads only when the command runs
+    from normdyn.plugins.commands.demo_experiment import DemoResult
 
 __all__ = ["demo_command", "format_exponents"]
 
-
-def _pm(value: Any, err: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f} +- {err:.3f}" if err is not None else f"{value:.3f}"
+_PAIRS = (("gamma1", "gamma1_err"), ("gamma2", "gamma2_err"), ("gamma_pred", "sigma"), ("gamma_meas", "gamma_meas_err"))
 
 
 def format_exponents(result: DemoResult) -> list[str]:
     """One line per fitted experiment: gamma1, gamma2, gamma_pred and gamma_meas with their errors."""
     lines = []
     for name, e in result.exponents.items():
+        pm = {k: format_value_error(e[k], e[err]) for k, err in _PAIRS}
         lines.append(
-            f"{name}: gamma1 = {_pm(e['gamma1'], e['gamma1_err'])}, gamma2 = {_pm(e['gamma2'], e['gamma2_err'])}, "
-            f"gamma_pred = {_pm(e['gamma_pred'], e['sigma'])}, gamma_meas = {_pm(e['gamma_meas'], e['gamma_meas_err'])}"
+            f"{name}: gamma1 = {pm['gamma1']}, gamma2 = {pm['gamma2']}, "
+            f"gamma_pred = {pm['gamma_pred']}, gamma_meas = {pm['gamma_meas']}"
         )
     return lines
 
@@ -44,6 +43,8 @@ def format_exponents(result: DemoResult) -> list[str]:
 @click.option("--quiet", is_flag=True, help="Print only the result.")
 def demo_command(out: str, quick: bool, seed: int, jobs: int, quiet: bool) -> None:
     """Train MNIST-1D and perceptron sweeps, measure, fit both laws and write a report (about 5 minutes)."""
+    from normdyn.plugins.commands.demo_experiment import run_demo
+
     result = run_demo(out, quick=quick, seed=seed, jobs=jobs, say=(lambda line: None) if quiet else click.echo)
     for failure in result.failures:
         click.echo(f"failed: {failure}", err=True)
@@ -54,9 +55,3 @@ def demo_command(out: str, quick: bool, seed: int, jobs: int, quiet: bool) -> No
     click.echo(f"report: {result.report.index}")
     if result.failures:
         sys.exit(1)
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    """Add ``normdyn demo``."""
-    cli.add_command(demo_command)

@@ -1,18 +1,18 @@
-"""The ``normdyn report`` command: figures, tables, fits and provenance of stores, as one HTML page."""
+"""``normdyn report``: figures, tables and a self-contained index.html for stores."""
 
 from __future__ import annotations
 
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from normdyn.analyzers.fit_commands import law_options, parse_where
-from normdyn.analyzers.fitting import FitOptions
-from normdyn.analyzers.law_fits import check_methods
-from normdyn.analyzers.report import ReportSummary, build_report
-from normdyn.core.hookspecs import hookimpl
+from normdyn.analyzers.law_fits import FitOptions
+from normdyn.plugins.commands.fit_options import law_options, parse_where
+
+if TYPE_CHECKING:  # pragma: no cover - the report (matplotlib) loads only when the command runs
+    from normdyn.analyzers.report import ReportSummary
 
 __all__ = ["report_command", "echo_summary"]
 
@@ -96,6 +96,9 @@ def report_command(
     Every store x measure gets its own directory; one that fails is reported
     (exit status 1) and the others are still written.
     """
+    from normdyn.analyzers.law_fits import check_methods
+    from normdyn.analyzers.report import build_report
+
     params = dict(
         stores=stores,
         out=out,
@@ -129,9 +132,3 @@ def report_command(
     echo_summary(summary)
     if summary.failed:
         sys.exit(1)
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    """Add ``normdyn report``."""
-    cli.add_command(report_command)

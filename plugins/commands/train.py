@@ -1,4 +1,4 @@
-"""CLI commands ``normdyn train`` and ``normdyn sweep`` (a built-in plugin)."""
+"""``normdyn train`` (one run) and ``normdyn sweep`` (a grid of runs); the trainer loads when a command runs."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm.auto import tqdm
 
 from normdyn.core.errors import ConfigError
 from normdyn.core.executor_cli import executor_options
-from normdyn.core.hookspecs import hookimpl
-from normdyn.core.store import INDEX, Run
-from normdyn.trainer.config import TrainConfig, read_toml
-from normdyn.trainer.loop import check_store, resume, train
-from normdyn.trainer.sweep import expand_grid, run_sweep
 
 # CLI option -> TrainConfig field, for the options that set a config value
 _FIELDS = (
@@ -50,6 +44,8 @@ def _batch_size(value: str | None) -> int | str | None:
 
 
 def _config_file(path: str) -> dict[str, Any]:
+    from normdyn.trainer.config import read_toml
+
     doc = read_toml(path)
     if "sweep" in doc:
         raise ConfigError(f"{path}: has a [sweep] table; run it with `normdyn sweep {path} --store DIR`")
@@ -83,6 +79,10 @@ def train_cmd(config_file: str | None, resume_dir: str | None, download: bool, q
     Values come from --config, then the options given here; unset values take
     the TrainConfig defaults. Exactly one of --epochs and --steps is needed.
     """
+    from normdyn.core.store import INDEX, Run
+    from normdyn.trainer.config import TrainConfig
+    from normdyn.trainer.loop import resume, train
+
     options["batch_size"] = _batch_size(options["batch_size"])
     given = {k: v for k, v in options.items() if v is not None}
     if resume_dir is not None:
@@ -138,6 +138,13 @@ def sweep_cmd(
     With --ensemble (or ensemble = true in [train]) the seeds of each
     configuration train together, each into its own ordinary run.
     """
+    from tqdm.auto import tqdm
+
+    from normdyn.core.store import INDEX, Run
+    from normdyn.trainer.config import TrainConfig, read_toml
+    from normdyn.trainer.loop import check_store
+    from normdyn.trainer.sweep import expand_grid, run_sweep
+
     configs = expand_grid(read_toml(config_file), source=config_file)
     check_store(store)
     if ensemble:
@@ -161,9 +168,3 @@ def sweep_cmd(
     click.echo(f"{len(configs)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     if counts["failed"]:
         sys.exit(1)
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    cli.add_command(train_cmd)
-    cli.add_command(sweep_cmd)
