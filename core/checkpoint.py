@@ -11,6 +11,7 @@ knows is supported; its errors become :class:`StoreError` naming the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -18,47 +19,55 @@ import re
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
 
 from normdyn.core.atomic import write_bytes_atomic
 from normdyn.core.errors import StoreError
 
+if TYPE_CHECKING:  # pragma: no cover - torch loads when a tensor is read or written, not with the store
+    import torch
+
 __all__ = ["CheckpointFile", "write_checkpoint", "sha256_file", "sha256_bytes", "ORDER_KEY"]
 
 ORDER_KEY = "tensor_order"
-# safetensors' dtype names, as its header and ``get_slice(...).get_dtype()`` spell them
-_DTYPE_NAMES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.complex64: "C64",
-    **{
-        getattr(torch, attr): name
-        for attr, name in (
-            ("float8_e4m3fn", "F8_E4M3"),
-            ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
-            ("float8_e5m2", "F8_E5M2"),
-            ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
-            ("float8_e8m0fnu", "F8_E8M0"),
-            ("uint64", "U64"),
-            ("uint32", "U32"),
-            ("uint16", "U16"),
-        )
-        if hasattr(torch, attr)
-    },
-}
+
+
+@functools.cache
+def _dtype_names() -> dict[torch.dtype, str]:
+    """safetensors' dtype names, as its header and ``get_slice(...).get_dtype()`` spell them."""
+    import torch
+
+    return {
+        torch.float64: "F64",
+        torch.float32: "F32",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.int64: "I64",
+        torch.int32: "I32",
+        torch.int16: "I16",
+        torch.int8: "I8",
+        torch.uint8: "U8",
+        torch.bool: "BOOL",
+        torch.complex64: "C64",
+        **{
+            getattr(torch, attr): name
+            for attr, name in (
+                ("float8_e4m3fn", "F8_E4M3"),
+                ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
+                ("float8_e5m2", "F8_E5M2"),
+                ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
+                ("float8_e8m0fnu", "F8_E8M0"),
+                ("uint64", "U64"),
+                ("uint32", "U32"),
+                ("uint16", "U16"),
+            )
+            if hasattr(torch, attr)
+        },
+    }
+
+
 _SAFETENSORS_PREFIXES = ("Error while deserializing header: ", "Error while deserializing: ")
 
 
@@ -80,6 +89,8 @@ def write_checkpoint(path: Path, tensors: Mapping[str, torch.Tensor], metadata: 
     """Atomically write ``tensors`` with string ``metadata``; return (sha256, bytes)."""
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     # safetensors lays tensors out sorted by dtype and name; keep the state-dict order
+    from safetensors.torch import save as _st_save
+
     data = _st_save(clean, metadata={**metadata, ORDER_KEY: json.dumps(list(clean))})
     write_bytes_atomic(Path(path), data)
     return sha256_bytes(data), len(data)
@@ -159,6 +170,8 @@ class CheckpointFile:
         self = cls.__new__(cls)
         self.path = Path(path)
         try:
+            from safetensors.torch import load as _st_load
+
             tensors = _st_load(data)
         except SafetensorError as exc:
             raise _damaged(self.path, exc, len(data), data[:8]) from None
@@ -166,7 +179,7 @@ class CheckpointFile:
         self.metadata = _metadata_of(data)
         self._tensors = tensors
         self._file_order = list(tensors)
-        self._specs = {k: (_DTYPE_NAMES.get(v.dtype, str(v.dtype)), list(v.shape)) for k, v in tensors.items()}
+        self._specs = {k: (_dtype_names().get(v.dtype, str(v.dtype)), list(v.shape)) for k, v in tensors.items()}
         return self
 
     def _damaged(self, exc: BaseException) -> StoreError:

@@ -23,17 +23,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
 from filelock import FileLock
 
 from normdyn.core import __version__
 from normdyn.core.atomic import replacing
 from normdyn.core.checkpoint import CheckpointFile, read_file_bytes, sha256_bytes, write_checkpoint
 from normdyn.core.errors import StoreError
+
+if TYPE_CHECKING:  # pragma: no cover - torch loads with the tensors, so listing a store does not import it
+    import torch
 
 __all__ = [
     "FORMAT",
@@ -65,6 +67,12 @@ _LIBVER = "v108"  # HDF5 1.8 file format: large (dense) attributes, readable eve
 _REPAIR = "run `normdyn store fsck --repair` on its store"
 _CHANGED = "the checkpoint changed after it was written; run `normdyn store fsck`"
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
 
 
 def checkpoint_filename(step: int) -> str:
@@ -174,7 +182,7 @@ class Run:
             "P": int(P),
             "seed": int(seed),
             "normdyn_version": __version__,
-            "torch_version": str(torch.__version__),
+            "torch_version": _torch_version(),
             "python_version": platform.python_version(),
         }
         write_index(path, attrs, rows=[])
