@@ -44,6 +44,7 @@ __all__ = [
     "analyze_store",
     "select_runs",
     "resolve_measures",
+    "missing_needs",
 ]
 
 #: What ``normdyn analyze`` computes without ``--measure`` (the paper's complexity measure).
@@ -227,6 +228,33 @@ def _checkpoint_table(run: Run) -> dict[str, np.ndarray]:
     return table
 
 
+_SUPPLY = {
+    "model": (
+        "the run has no model spec naming a model family; import it with `normdyn import --model-factory "
+        "MODULE:CALLABLE --input-shape C,H,W` (your own architecture) or `--model SPEC` (a built-in family)"
+    ),
+    "data": (
+        "the run has no dataset spec; import it with `normdyn import --dataset '{\"name\": ...}'` "
+        "(and `normdyn analyze --data-root DIR` where the files are)"
+    ),
+}
+
+
+def missing_needs(measure: Any, context: RunContext) -> str | None:
+    """Why ``measure`` cannot run on this run (what it ``needs`` and the run lacks, and the flag that
+    supplies it), or None when the run has everything it needs."""
+    lacking = []
+    if "model" in measure.needs and not context.has_spec():
+        lacking.append(("model", _SUPPLY["model"]))
+    if "data" in measure.needs and not (context.dataset or {}).get("name"):
+        lacking.append(("data", _SUPPLY["data"]))
+    if not lacking:
+        return None
+    return f"{measure.name} needs the {' and the '.join(k for k, _ in lacking)}, but " + "; and ".join(
+        why for _, why in lacking
+    )
+
+
 def analyze_run(task: RunTask) -> RunOutcome:
     """Compute the measures of ``task`` on every checkpoint of its run; store them in run.h5.
 
@@ -242,6 +270,17 @@ def analyze_run(task: RunTask) -> RunOutcome:
     records = [_Records(run, m, reg.owners[m.name], n, sha) for m in measures]
     states: dict[str, dict[str, Any]] = {m.name: {} for m in measures}
     context = RunContext.for_run(run, device=task.device, data_root=task.data_root)
+    for r in list(records):  # refused once per run, before any row is read
+        why = missing_needs(r.measure, context)
+        if why is None:
+            continue
+        todo_rows = [row for row in range(n) if task.force or not r.done(row)]
+        for row in todo_rows:
+            r.fail(row, why)
+        outcome.failed += len(todo_rows)
+        outcome.failures.append(f"{run.path.name} {r.measure.name} (all {len(todo_rows)} checkpoints): {why}")
+        r.flush(run)
+        records.remove(r)
     last_flush = time.monotonic()
     rows = tqdm(range(n), desc=run.path.name, unit="ckpt", disable=not task.progress, leave=False)
     try:
