@@ -187,7 +187,7 @@ def load_resume_point(
         if optimizer is not None:
             optimizer.load_state_dict(point.optimizer)
     except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
         raise StoreError(
             f"cannot resume {run.path}: its state at step {point.at.step} does not fit the model built from "
             f"its model_spec ({first}); the model_spec attribute or the files changed; {_CANNOT_CONTINUE}"
@@ -293,7 +293,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> Run:
     The run id is deterministic (:meth:`TrainConfig.run_id`); an existing run
     of the same config is an error pointing at :func:`resume`.
     """
-    check_store(config.store)
+    check_store(config.validate().store)
     t = prepare(config)
     path = Path(config.store) / config.run_id()
     if (path / INDEX).exists():
@@ -352,7 +352,7 @@ def resume(
     run = Run(run_dir)
     if run.status == "complete":
         return run
-    values = _stored_object(run, "config")
+    values = dict(run.config)  # the store refuses a config attribute that is not a JSON object
     values["store"] = str(run.path.parent)
     if device is not None:
         values["device"] = device
@@ -360,20 +360,9 @@ def resume(
         values["data_root"] = data_root
     source = f"{run.index} (config attribute)"
     config = TrainConfig.from_mapping(values, source=source).validate(source=source)
-    t = prepare(config, model_spec=_stored_object(run, "model_spec"))
+    t = prepare(config, model_spec=run.model_spec)
     run.set_status("running")
     return _execute(t, run, progress)
-
-
-def _stored_object(run: Run, name: str) -> dict[str, Any]:
-    """The run attribute ``name`` (config, model_spec), which must be a JSON object."""
-    value = getattr(run, name)  # the store raises a StoreError naming the attribute for a non-object
-    if not isinstance(value, dict):
-        raise StoreError(
-            f"{run.index}: attribute {name!r} is a JSON {type(value).__name__}, not an object; "
-            "the index is damaged: run `normdyn store fsck --repair` on its store"
-        )
-    return dict(value)
 
 
 def train_or_resume(config: TrainConfig, *, progress: bool = True) -> tuple[Run, str]:
