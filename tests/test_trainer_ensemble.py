@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from normdyn.core import plugins
 from normdyn.core.cli import cli
 from normdyn.core.contracts import DatasetTensors
-from normdyn.core.errors import ConfigError
+from normdyn.core.errors import ConfigError, StoreError
 from normdyn.core.hookspecs import hookimpl
 from normdyn.core.store import Run
 from normdyn.trainer import ensemble as ensemble_module
@@ -195,6 +195,23 @@ def test_an_ensemble_run_continues_alone_with_train_resume(tmp_path: Path, monke
     alone = train(replace(config, store=str(tmp_path / "sep")), progress=False)
     assert run.status == "complete"
     assert max_rel_diff(run.load_state_dict(-1), alone.load_state_dict(-1)) < REL_TOL
+
+
+def test_an_ensemble_refuses_a_member_whose_checkpoint_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _crash_at_write(monkeypatch, 7)  # every seed left at step 4
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(configs(tmp_path), progress=False)
+    monkeypatch.undo()
+    runs = [Run(tmp_path / c.run_id()) for c in configs(tmp_path)]
+    ckpt = runs[1].path / "ckpt" / "step-0000000004.safetensors"
+    data = bytearray(ckpt.read_bytes())
+    data[-1] ^= 0x01
+    ckpt.write_bytes(bytes(data))
+    before = [run.checkpoints()["sha256"].tolist() for run in runs]
+    with pytest.raises(StoreError, match=f"cannot resume {runs[1].path} from step 4: {ckpt}: sha256 mismatch"):
+        train_ensemble_or_resume(configs(tmp_path), progress=False)
+    assert [run.checkpoints()["sha256"].tolist() for run in runs] == before
+    assert [run.status for run in runs] == ["failed"] * 3  # no seed was marked running before all were checked
 
 
 def test_models_that_cannot_match_separate_runs_are_refused(tmp_path: Path) -> None:

@@ -206,7 +206,6 @@ def prepare_ensemble(configs: list[TrainConfig]) -> Ensemble:
             load_resume_point(module, None, run, point)
             order.set_state(point.order_state)
             rng, at = point.rng, point.at
-            run.set_status("running")
         ensemble_members.append(
             Member(config, run, action, at, order, rng, {int(s) for s in run.checkpoints()["step"]})
         )
@@ -216,6 +215,9 @@ def prepare_ensemble(configs: list[TrainConfig]) -> Ensemble:
             "ensemble runs resume from different steps: "
             + ", ".join(f"{m.run.run_id} at {m.at.step}" for m in ensemble_members)
         )
+    for m in ensemble_members:  # only once every member's state has been read and checked
+        if m.action == "resumed":
+            m.run.set_status("running")
     params, buffers = stack_module_state(modules)
     optimizer = make_optimizer(c0, list(params.values()), fused=True)
     # Seeds continuing from step > 0 all have a saved state; at step 0 a saved state is still empty.
