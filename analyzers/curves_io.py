@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normdyn.analyzers.aggregate import MeanCurves, SeedCurve
+from normdyn.analyzers.fit.aggregate import MeanCurves, SeedCurve
 from normdyn.core.errors import DataError
 
 __all__ = ["RAW_COLUMNS", "MEAN_COLUMNS", "LAMBDA_STAR_COLUMNS", "read_curves_csv", "read_lambda_star_csv"]

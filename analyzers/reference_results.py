@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normdyn.analyzers.aggregate import SeedCurve
+from normdyn.analyzers.fit.aggregate import SeedCurve
 from normdyn.core.atomic import replacing
 from normdyn.core.errors import DataError
 from normdyn.core.safe_pickle import load_npy

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from normdyn.analyzers.aggregate import DEFAULT_GRID_POINTS, SeedCurve, aggregate, log10_mean
-from normdyn.analyzers.store_curves import store_curves
+from normdyn.analyzers.fit.aggregate import DEFAULT_GRID_POINTS, SeedCurve, aggregate, log10_mean
+from normdyn.analyzers.fit.store_curves import store_curves
 from normdyn.core.errors import DataError, FitError
 from normdyn.core.store import MeasureRecord, Run
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normdyn.analyzers.aggregate import MeanCurves
 from normdyn.analyzers.curves_io import read_curves_csv
+from normdyn.analyzers.fit.aggregate import MeanCurves
 from normdyn.core.errors import DataError
 
 

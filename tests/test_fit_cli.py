@@ -11,9 +11,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from normdyn.analyzers.aggregate import SeedCurve
 from normdyn.analyzers.curves_io import read_curves_csv
-from normdyn.analyzers.fitting import FitOptions, fit_curves
+from normdyn.analyzers.fit.aggregate import SeedCurve
+from normdyn.analyzers.fit.pipeline import FitOptions, fit_curves
 from normdyn.core.cli import cli
 from normdyn.core.store import MeasureRecord, Run
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from scipy.stats import linregress
 
-from normdyn.analyzers.aggregate import SeedCurve, aggregate
-from normdyn.analyzers.fitting import FitOptions, fit_curves
+from normdyn.analyzers.fit.aggregate import SeedCurve, aggregate
+from normdyn.analyzers.fit.pipeline import FitOptions, fit_curves
 from normdyn.core import plugins
 from normdyn.core.errors import FitError
 from normdyn.plugins.fitters.powerlaw import PowerLaw

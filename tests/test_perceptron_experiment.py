@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from normdyn.analyzers import perceptron_theory as th
-from normdyn.analyzers.perceptron_analysis import curves_from_store, store_lambda_measure
+from normdyn.analyzers.perceptron import theory as th
+from normdyn.analyzers.perceptron.analysis import curves_from_store, store_lambda_measure
 from normdyn.core import plugins
 from normdyn.core.cli import cli
 from normdyn.core.errors import ConfigError, DataError

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from normdyn.analyzers import perceptron_theory as th
+from normdyn.analyzers.perceptron import theory as th
 from normdyn.core.errors import ConfigError
 
 

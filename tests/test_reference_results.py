@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from numpy.lib import format as npy_format
 
-from normdyn.analyzers.fitting import fit_curves
-from normdyn.analyzers.law_fits import FitOptions
+from normdyn.analyzers.fit.laws import FitOptions
+from normdyn.analyzers.fit.pipeline import fit_curves
 from normdyn.analyzers.reference_results import read_reference_run, read_reference_runs, reference_curves
 from normdyn.core.cli import cli
 from normdyn.core.errors import DataError

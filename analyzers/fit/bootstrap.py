@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from normdyn.analyzers.aggregate import SeedGrid
-from normdyn.analyzers.law_fits import FitOptions, LawFits, fit_laws
+from normdyn.analyzers.fit.aggregate import SeedGrid
+from normdyn.analyzers.fit.laws import FitOptions, LawFits, fit_laws
 from normdyn.core.errors import FitError
 
 __all__ = ["BOOTSTRAP_EXPONENTS", "bootstrap_exponents"]

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from normdyn.analyzers.aggregate import MeanCurves
+from normdyn.analyzers.fit.aggregate import MeanCurves
 from normdyn.core import plugins
 from normdyn.core.errors import FitError
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from normdyn.analyzers.aggregate import MeanCurves, SeedCurve, SeedGrid, aggregate
-from normdyn.analyzers.bootstrap import bootstrap_exponents
-from normdyn.analyzers.law_fits import FitOptions, LawFits, check_methods, fit_laws, fitter_class, law_P_mask
-from normdyn.analyzers.store_curves import store_curves
-from normdyn.analyzers.windows import choose_window, window_sensitivity
+from normdyn.analyzers.fit.aggregate import MeanCurves, SeedCurve, SeedGrid, aggregate
+from normdyn.analyzers.fit.bootstrap import bootstrap_exponents
+from normdyn.analyzers.fit.laws import FitOptions, LawFits, check_methods, fit_laws, fitter_class, law_P_mask
+from normdyn.analyzers.fit.store_curves import store_curves
+from normdyn.analyzers.fit.windows import choose_window, window_sensitivity
 from normdyn.core.errors import FitError
 from normdyn.core.table import format_table, format_value_error
 

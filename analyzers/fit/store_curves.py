@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from normdyn.analyzers.aggregate import SeedCurve
+from normdyn.analyzers.fit.aggregate import SeedCurve
 from normdyn.core.errors import DataError, FitError
 from normdyn.core.store import Run, scan_runs
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from normdyn.analyzers.law_fits import Law1Fitter
+from normdyn.analyzers.fit.laws import Law1Fitter
 from normdyn.core.errors import FitError
 
 __all__ = ["WindowChoice", "choose_window", "window_sensitivity", "SENSITIVITY_SHIFTS"]

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from normdyn.analyzers import perceptron_theory as theory
-from normdyn.analyzers.aggregate import MeanCurves, SeedCurve
-from normdyn.analyzers.fitting import FitOptions, FitResult, fit_curves
-from normdyn.analyzers.perceptron_report import TheoryCurves
+from normdyn.analyzers.fit.aggregate import MeanCurves, SeedCurve
+from normdyn.analyzers.fit.pipeline import FitOptions, FitResult, fit_curves
+from normdyn.analyzers.perceptron import theory
+from normdyn.analyzers.report.perceptron import TheoryCurves
 from normdyn.core import plugins
 from normdyn.core.errors import ConfigError
 from normdyn.core.store import MeasureRecord, Run

@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from normdyn.analyzers.report_context import ReportContext, load_context
-from normdyn.analyzers.report_output import RawHTML, SectionOutput, html_table
+from normdyn.analyzers.report.context import ReportContext, load_context
+from normdyn.analyzers.report.output import RawHTML, SectionOutput, html_table
 from normdyn.core import __version__, plugins
 from normdyn.core.atomic import write_bytes_atomic
 from normdyn.core.errors import ConfigError, NormdynError

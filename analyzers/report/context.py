@@ -3,7 +3,7 @@
 :func:`load_context` reads the runs of the experiment that the fit uses (the
 same selection as ``normdyn fit``: one group of runs whose configs differ only
 in seed and P, narrowed by ``where``), their checkpoint tables and the stored
-measure, then fits both laws with :func:`normdyn.analyzers.fitting.fit_store`.
+measure, then fits both laws with :func:`normdyn.analyzers.fit.pipeline.fit_store`.
 A failed fit does not fail the context: ``fit`` is None and ``fit_error``
 says why, so sections drawn from the runs alone (learning curves) still render.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from normdyn.analyzers.fitting import FitResult, fit_store
-from normdyn.analyzers.store_curves import store_curves
+from normdyn.analyzers.fit.pipeline import FitResult, fit_store
+from normdyn.analyzers.fit.store_curves import store_curves
 from normdyn.core.errors import NormdynError
 from normdyn.core.store import METRIC_COLUMNS, Run
 

@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from normdyn.analyzers.fitting import FitResult  # noqa: E402
-from normdyn.analyzers.perceptron_theory import FixedNormPoint  # noqa: E402
+from normdyn.analyzers.fit.pipeline import FitResult  # noqa: E402
+from normdyn.analyzers.perceptron.theory import FixedNormPoint  # noqa: E402
 from normdyn.core.table import format_value_error  # noqa: E402
 
 __all__ = ["TheoryCurves", "write_report"]

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from normdyn.analyzers.analyze import analyze_store
-from normdyn.analyzers.perceptron_analysis import fit_options
-from normdyn.analyzers.report import ReportSummary, build_report
+from normdyn.analyzers.perceptron.analysis import fit_options
+from normdyn.analyzers.report.build import ReportSummary, build_report
 from normdyn.core.errors import ConfigError, NormdynError
 from normdyn.core.schedule import log_points
 from normdyn.plugins.commands.perceptron import perceptron_experiment

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from normdyn.analyzers.law_fits import FitOptions
+from normdyn.analyzers.fit.laws import FitOptions
 from normdyn.core.atomic import write_bytes_atomic
 from normdyn.plugins.commands.fit_options import law_options, parse_where
 
 if TYPE_CHECKING:  # pragma: no cover
-    from normdyn.analyzers.fitting import FitResult
+    from normdyn.analyzers.fit.pipeline import FitResult
 
 __all__ = ["fit_command"]
 
@@ -62,7 +62,7 @@ def fit_command(
 ) -> None:
     """Fit law 1, law 2 and their product on STORE (with --measure) or on --curves CSV."""
     from normdyn.analyzers.curves_io import read_curves_csv, read_lambda_star_csv
-    from normdyn.analyzers.fitting import fit_curves, fit_store
+    from normdyn.analyzers.fit.pipeline import fit_curves, fit_store
 
     if (store is None) == (curves_csv is None):
         raise click.UsageError("give either STORE (with --measure) or --curves CURVES.csv")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from normdyn.analyzers.law_fits import FitOptions
+from normdyn.analyzers.fit.laws import FitOptions
 
 __all__ = ["law_options", "parse_where"]
 

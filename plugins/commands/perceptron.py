@@ -3,8 +3,8 @@
 Trains the (seed, alpha) grid (:mod:`normdyn.trainer.perceptron`) into
 ``OUT/store``, stores the measure ``perceptron_lambda`` of every checkpoint,
 fits both laws with the standard fitters, fits the theory curves with the
-same fitters and window (:mod:`normdyn.analyzers.perceptron_analysis`), and
-writes the report (:mod:`normdyn.analyzers.perceptron_report`) into ``OUT``.
+same fitters and window (:mod:`normdyn.analyzers.perceptron.analysis`), and
+writes the report (:mod:`normdyn.analyzers.report.perceptron`) into ``OUT``.
 """
 
 from __future__ import annotations
@@ -79,15 +79,15 @@ def perceptron_command(
     """Train the teacher-student perceptron, fit both laws, compare with theory, write a report."""
     from tqdm import tqdm
 
-    from normdyn.analyzers.fitting import fit_curves
-    from normdyn.analyzers.perceptron_analysis import (
+    from normdyn.analyzers.fit.pipeline import fit_curves
+    from normdyn.analyzers.perceptron.analysis import (
         curves_from_store,
         fit_options,
         store_lambda_measure,
         theory_curves,
         theory_fit,
     )
-    from normdyn.analyzers.perceptron_report import write_report
+    from normdyn.analyzers.report.perceptron import write_report
     from normdyn.core.store import list_runs
     from normdyn.trainer.perceptron import run_experiment
 

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from normdyn.analyzers.law_fits import FitOptions
+from normdyn.analyzers.fit.laws import FitOptions
 from normdyn.plugins.commands.fit_options import law_options, parse_where
 
 if TYPE_CHECKING:  # pragma: no cover - the report (matplotlib) loads only when the command runs
-    from normdyn.analyzers.report import ReportSummary
+    from normdyn.analyzers.report.build import ReportSummary
 
 __all__ = ["report_command", "echo_summary"]
 
@@ -96,8 +96,8 @@ def report_command(
     Every store x measure gets its own directory; one that fails is reported
     (exit status 1) and the others are still written.
     """
-    from normdyn.analyzers.law_fits import check_methods
-    from normdyn.analyzers.report import build_report
+    from normdyn.analyzers.fit.laws import check_methods
+    from normdyn.analyzers.report.build import build_report
 
     params = dict(
         stores=stores,

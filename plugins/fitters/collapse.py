@@ -6,7 +6,7 @@ reference notebook does; the points with lo <= lambda/lambda_opt <= hi form
 the window an estimator fits log10(eps/eps_opt) against log10(lambda/lambda_opt) on.
 
 Plain library code (not a plugin): the built-in law-1 fitters, third-party
-ones and the automatic window choice (normdyn.analyzers.windows) all use it.
+ones and the automatic window choice (normdyn.analyzers.fit.windows) all use it.
 """
 
 from __future__ import annotations
