@@ -69,6 +69,7 @@ def register_report_sections(register: Register) -> None:
 
 @hookspec
 def register_commands(cli: click.Group) -> None:
-    """Add click commands to the ``normdyn`` group with ``cli.add_command`` or
-    ``@cli.command()``. Returns nothing.
+    """Add click commands to the ``normdyn`` group: ``cli.add_command(cmd)`` (eager) or
+    ``cli.add_lazy_command(name, "module:attr", short_help)`` (the module is imported only when
+    the command runs; see :class:`normdyn.core.command_group.NormdynGroup`). Returns nothing.
     """
