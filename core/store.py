@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - torch loads with the tensors, so listing
     import torch
 
 __all__ = [
+    "PLACEMENT_KEYS",
     "FORMAT",
     "INDEX",
     "STATUSES",
@@ -67,6 +68,11 @@ _LIBVER = "v108"  # HDF5 1.8 file format: large (dense) attributes, readable eve
 _REPAIR = "run `normdyn store fsck --repair` on its store"
 _CHANGED = "the checkpoint changed after it was written; run `normdyn store fsck`"
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+#: Config keys that say where or how a run was computed, not what it computes: left out of the
+#: run id (trainer) and of the groups a fit pools (analyzers), so both agree by construction.
+PLACEMENT_KEYS = ("store", "data_root", "download", "device", "eval_batch_size", "ensemble")
 
 
 def _torch_version() -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from normdyn.core import plugins
 from normdyn.core.errors import ConfigError, ScheduleError, UnknownNameError
 from normdyn.core.schedule import parse_schedule
+from normdyn.core.store import PLACEMENT_KEYS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +29,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # Fields that say where or how fast a run executes, not what it computes:
 # they do not enter the run id, so a run resumes on another device or data path,
 # and a seed trained in an ensemble is the same run as one trained alone.
-RUN_ID_EXCLUDED = ("store", "data_root", "download", "device", "eval_batch_size", "ensemble")
+RUN_ID_EXCLUDED = PLACEMENT_KEYS
 
 
 @dataclass

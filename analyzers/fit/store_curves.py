@@ -22,13 +22,13 @@ import numpy as np
 
 from normdyn.analyzers.fit.aggregate import SeedCurve
 from normdyn.core.errors import DataError, FitError
-from normdyn.core.store import Run, scan_runs
+from normdyn.core.store import PLACEMENT_KEYS, Run, scan_runs
 
 __all__ = ["GROUP_EXCLUDED_KEYS", "RunGroup", "store_groups", "store_curves"]
 
 # Keys that do not change the experiment: the seed and P (the grid's axes), and
 # where/how a run was computed (the trainer keeps the same ones out of run ids).
-GROUP_EXCLUDED_KEYS = ("seed", "P", "store", "data_root", "download", "device", "eval_batch_size", "ensemble")
+GROUP_EXCLUDED_KEYS = ("seed", "P", *PLACEMENT_KEYS)
 
 
 @dataclass
