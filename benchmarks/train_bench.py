@@ -42,8 +42,9 @@ from normdyn.core.contracts import DatasetTensors
 from normdyn.core.hookspecs import hookimpl
 from normdyn.core.schedule import parse_schedule
 from normdyn.core.store import Run
+from normdyn.trainer.checkpointing import Position
 from normdyn.trainer.config import TrainConfig
-from normdyn.trainer.loop import Position, measure_point, save_point, train_step
+from normdyn.trainer.loop import measure_point, save_point, train_step
 from normdyn.trainer.setup import ORDER_SEED_OFFSET, prepare
 
 P_GRID = (375, 1500, 6000, 48000)

@@ -55,18 +55,16 @@ from tqdm.auto import tqdm
 from normdyn.core.errors import ConfigError, StoreError
 from normdyn.core.sampling import subset_indices
 from normdyn.core.store import INDEX, Run
-from normdyn.trainer.config import TrainConfig
-from normdyn.trainer.loop import (
+from normdyn.trainer.checkpointing import (
     Position,
-    check_store,
     current_rng,
     load_resume_point,
-    new_run,
     next_batch,
     read_resume,
-    train_or_resume,
     write_resume,
 )
+from normdyn.trainer.config import TrainConfig
+from normdyn.trainer.loop import check_store, new_run, train_or_resume
 from normdyn.trainer.setup import (
     EVAL_BATCH_OTHER,
     ORDER_SEED_OFFSET,
