@@ -1,7 +1,7 @@
 """normdyn.core: contracts and storage (store, schedule, plugin host, CLI group).
 
-core imports nothing else of normdyn; built-in plugins are known to it only as
-module-name strings in :data:`normdyn.core.plugins.DEFAULT_PLUGINS`.
+core imports nothing else of normdyn and names none of it: the built-in plugins
+are entry points of normdyn's own package metadata, found like third-party ones.
 """
 
 from __future__ import annotations
