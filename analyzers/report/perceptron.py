@@ -10,21 +10,22 @@ fitted exponents; ``summary.json`` holds every number shown.
 from __future__ import annotations
 
 import html
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from normdyn.analyzers.fit.pipeline import FitResult  # noqa: E402
-from normdyn.analyzers.perceptron.theory import FixedNormPoint  # noqa: E402
-from normdyn.core.table import format_value_error  # noqa: E402
+from normdyn.analyzers.fit.pipeline import FitResult
+from normdyn.analyzers.perceptron.theory import FixedNormPoint
+from normdyn.analyzers.report.build import figure_style
+from normdyn.core.atomic import write_bytes_atomic
+from normdyn.core.table import format_value_error
 
 __all__ = ["TheoryCurves", "write_report"]
 
@@ -54,19 +55,27 @@ class TheoryCurves:
         }
 
 
-def _save(fig: plt.Figure, out: Path, stem: str) -> list[str]:
+def _subplots(width: float, height: float) -> tuple[Figure, Any]:
+    """A fresh figure and its axes, without pyplot (no global figure state to close)."""
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, out: Path, stem: str) -> list[str]:
+    """Write ``stem``.png and .svg atomically (a crash leaves the old file or the new one)."""
     names = [f"{stem}.png", f"{stem}.svg"]
     fig.tight_layout()
     for name in names:
-        fig.savefig(out / name, dpi=130)
-    plt.close(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=name.rsplit(".", 1)[1], dpi=130)
+        write_bytes_atomic(out / name, buf.getvalue())
     return names
 
 
 def _fig_eps_lambda(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> list[str]:
     c = fit.curves
     colors = sns.color_palette("viridis", len(c.P))
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = _subplots(6.4, 4.6)
     lam = 10.0**c.log10_grid
     for i, P in enumerate(c.P):
         ax.plot(lam, c.mean_error[i], color=colors[i], lw=1.8, label=f"alpha={P / N:g}")
@@ -87,7 +96,7 @@ def _fig_eps_lambda(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> 
 def _fig_collapse(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> list[str]:
     c = fit.curves
     colors = sns.color_palette("viridis", len(c.P))
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = _subplots(6.4, 4.6)
     for i, P in enumerate(c.P):
         x = c.log10_grid - c.log10_lambda_star_grid[i]
         ax.plot(10.0**x, c.mean_error[i] / c.eps_star[i], color=colors[i], lw=1.6, label=f"alpha={P / N:g}")
@@ -126,7 +135,7 @@ def _fig_collapse(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> li
 def _fig_lambda_star(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> list[str]:
     c = fit.curves
     alpha = c.P / N
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    fig, ax = _subplots(5.6, 4.2)
     ax.plot(alpha, 10.0**c.log10_lambda_star, "o", label="simulation (mean over seeds of argmin)")
     ax.plot(theory.alphas, [p.lam for p in theory.optimum], "s--", mfc="none", label="fixed-norm theory")
     law2 = fit.fits.law2
@@ -144,7 +153,7 @@ def _fig_lambda_star(fit: FitResult, theory: TheoryCurves, N: int, out: Path) ->
 
 def _fig_eps_star(fit: FitResult, theory: TheoryCurves, N: int, out: Path) -> list[str]:
     c = fit.curves
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    fig, ax = _subplots(5.6, 4.2)
     ax.plot(c.P / N, c.eps_star, "o", label="simulation eps* (min of the mean curve)")
     ax.plot(theory.alphas, [p.eps for p in theory.optimum], "s", mfc="none", label="fixed-norm theory eps*")
     for values, name, style in (
@@ -167,16 +176,16 @@ def write_report(out: str | Path, fit: FitResult, theory: TheoryCurves, *, N: in
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sns.set_theme(style="ticks", context="paper")
-    figures = {
-        "Test error against the norm, with the fixed-norm theory": _fig_eps_lambda(fit, theory, N, out),
-        "Law 1: the collapse": _fig_collapse(fit, theory, N, out),
-        "Law 2: lambda*(alpha)": _fig_lambda_star(fit, theory, N, out),
-        "eps*(alpha) and the classical learning curves": _fig_eps_star(fit, theory, N, out),
-    }
+    with matplotlib.rc_context(figure_style()):  # the report's look, applied locally: no global theme
+        figures = {
+            "Test error against the norm, with the fixed-norm theory": _fig_eps_lambda(fit, theory, N, out),
+            "Law 1: the collapse": _fig_collapse(fit, theory, N, out),
+            "Law 2: lambda*(alpha)": _fig_lambda_star(fit, theory, N, out),
+            "eps*(alpha) and the classical learning curves": _fig_eps_star(fit, theory, N, out),
+        }
     fit_json = fit.to_json()
     summary = {"fit": fit_json, "theory": theory.to_json(), **extra}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json_default).encode("utf-8"))
 
     def pm(key: str) -> str:
         return format_value_error(fit_json.get(key), fit_json.get(f"{key}_err"), sep=" &plusmn; ")
@@ -211,7 +220,7 @@ def write_report(out: str | Path, fit: FitResult, theory: TheoryCurves, *, N: in
         f"</p></body></html>"
     )
     index = out / "index.html"
-    index.write_text(page)
+    write_bytes_atomic(index, page.encode("utf-8"))
     return index
 
 
