@@ -61,6 +61,12 @@ CONV_TOL = 1e-6
 #: 2048 x 2048 in float64 is 32 MiB and its eigenvalues take well under a second.
 DENSE_DIM = 2048
 
+#: Blocks beyond the first in the Krylov basis (16 vectors each): 5 Gram products per restart.
+#: On a ResNet-18 stage-1 conv at 32x32 it certified sigma_1 in 8.6 s against 22.8 s for subspace
+#: iteration (2 CPU cores): the top two eigenvalues there differ by 1e-7 relative, so only the
+#: cluster bound or a tiny residual can certify, and Krylov bases shrink residuals faster.
+KRYLOV_DEPTH = 4
+
 __all__ = [
     "conv_forward",
     "circular_conv_norm",
@@ -193,13 +199,29 @@ def dense_conv_norm(layer: LayerSpec, weight: torch.Tensor) -> float:
 
 
 def iterative_conv_norm(
-    layer: LayerSpec, weight: torch.Tensor, warm: torch.Tensor | None = None, *, tol: float = CONV_TOL
+    layer: LayerSpec,
+    weight: torch.Tensor,
+    warm: torch.Tensor | None = None,
+    *,
+    tol: float = CONV_TOL,
+    fast: bool = True,
 ) -> tuple[float, torch.Tensor]:
-    """(sigma_1 by float64 subspace iteration on the Gram operator, the block to warm-start with);
-    the relative error of sigma_1 is below tol/2 (see top_singular)."""
+    """(sigma_1 by float64 iteration on the Gram operator, the block to warm-start with); the
+    relative error of sigma_1 is below tol/2 (see top_singular). ``fast``: the restarted block
+    Krylov iteration (KRYLOV_DEPTH) with the cluster bound; otherwise (the plain path) subspace
+    iteration with the Kato-Temple / Krylov-Weinstein bounds."""
     apply_gram, dim = _gram_operator(layer, weight)
     try:
-        top = operator_top_singular(apply_gram, dim, warm, tol=tol, device=weight.device, block_size=16, max_iter=1000)
+        top = operator_top_singular(
+            apply_gram,
+            dim,
+            warm,
+            tol=tol,
+            device=weight.device,
+            block_size=16,
+            max_iter=1000,
+            krylov_depth=KRYLOV_DEPTH if fast else 0,
+        )
     except ArithmeticError as exc:
         raise MeasureError(f"layer {layer.name!r}: {exc}") from None
     assert top.block is not None
