@@ -1,38 +1,49 @@
 """Importing existing checkpoints into a store, so they can be analysed.
 
-Sources: a folder of ``*.safetensors`` files, or of ``*.pt`` / ``*.pth``
-state dicts. ``.pt`` files are loaded only with
-``torch.load(weights_only=True)``: a file holding arbitrary pickled objects
-is refused, never executed. Each file's training step comes from its name
-(the last integer in it, e.g. ``epoch_0040.pt`` -> 40) or from a steps file
-(lines ``FILENAME STEP``). A file that cannot be imported is reported and the
-others are imported: an unreadable file, one holding NaN or inf, one whose
-tensors (names, shapes, dtypes) differ from the run's others or do not fit
-the model spec, a negative or duplicated step.
+Sources (detected by :func:`normdyn.analyzers.checkpoint_layouts.discover`):
+a folder of ``*.safetensors``, ``*.pt`` / ``*.pth`` / ``*.bin`` state dicts or
+Lightning ``*.ckpt`` files, or a folder of per-step folders (Hugging Face
+Trainer ``checkpoint-500/``, Pythia ``step1000/``; one file or shards each).
+Torch files are loaded only with ``torch.load(weights_only=True)``: a file
+holding arbitrary pickled objects is refused, never executed.
 
-Layer order: without a spec's layer list, the layers are inferred from the
-order of the tensors, which is forward order only for a ``state_dict()``
-(a ``.pt`` file, or a safetensors file written by normdyn); a foreign
-``.safetensors`` file lists its tensors sorted by name. The run records which
-in ``model_spec["layer_order"]`` ("state_dict" or "file"), and every file of
-a run is stored in one order, so order-dependent measures are refused where
-the order is a guess.
+Each checkpoint's step comes from, in this order: a steps file (lines
+``NAME STEP``), the checkpoint's own ``global_step`` or ``step``, its file or
+folder name (the last integer in it, e.g. ``epoch_0040.pt`` -> 40), its
+``epoch``. A checkpoint that cannot be imported is reported and the others
+are imported: an unreadable file, one holding NaN or inf, one whose tensors
+(names, shapes, dtypes) differ from the run's others or do not fit the model
+spec or the module, a negative or duplicated step.
+
+With a module (``normdyn import --model-factory``), every checkpoint must hold
+exactly the module's ``state_dict()`` keys and shapes (after stripping the
+given prefixes, e.g. Lightning's ``model.`` or DDP's ``module.``) and is
+stored in the module's own order, so a sorted-key safetensors file keeps the
+forward order.
+
+Layer order without a module or a spec's layer list: the layers are inferred
+from the order of the tensors, which is forward order only for a
+``state_dict()`` (a torch file, or a safetensors file written by normdyn); a
+foreign ``.safetensors`` file lists its tensors sorted by name. The run
+records which in ``model_spec["layer_order"]`` ("state_dict" or "file"), and
+every file of a run is stored in one order, so order-dependent measures are
+refused where the order is a guess.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from normdyn.analyzers.checkpoint_layouts import Loaded, Source, discover, read_source
 from normdyn.core import plugins
-from normdyn.core.checkpoint import ORDER_KEY, CheckpointFile
 from normdyn.core.errors import ConfigError, NormdynError, StoreError
 from normdyn.core.store import INDEX, Run
 from normdyn.core.view import LAYER_ORDER_KEY, ORDER_FILE, ORDER_STATE_DICT, CheckpointView, RunContext, spec_layers
@@ -45,11 +56,9 @@ __all__ = [
     "step_from_name",
     "read_model_spec",
     "read_json_object",
-    "SUFFIXES",
+    "strip_prefixes",
 ]
 
-SUFFIXES = (".safetensors", ".pt", ".pth")
-_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _RUN_ID_RE = re.compile(r"[^A-Za-z0-9_.\-]+")
 _MAX_STEP = 2**63 - 1  # the index stores steps as int64
 
@@ -59,22 +68,25 @@ Signature = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 @dataclass
 class ImportResult:
-    """The imported run, how many files were imported or already there, and per-file errors."""
+    """The imported run, what was imported or already there, per-file errors, and where steps came from."""
 
     run_path: Path
     imported: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    step_origins: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
 class _Candidate:
-    """A file that passed every check, waiting to be stored (its tensors are read again then)."""
+    """A checkpoint that passed every check, waiting to be stored (its tensors are read again then)."""
 
     step: int
-    path: Path
+    origin: str
+    source: Source
     keys: list[str]
     state_dict_order: bool
+    epoch: float
 
 
 def step_from_name(path: Path) -> int:
@@ -122,60 +134,12 @@ def read_steps_file(path: str | Path) -> dict[str, int]:
 
 
 def load_foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors or .pt/.pth file (no pickle code is ever run).
+    """The tensors of a .safetensors or torch file (no pickle code is ever run).
 
-    A .pt file may hold a state dict, or a dict with the state dict under
+    A torch file may hold a state dict, or a dict with the state dict under
     ``state_dict``, ``model_state_dict`` or ``model``.
     """
-    return _read_foreign(path)[0]
-
-
-def _read_foreign(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """The tensors of ``path`` and whether they are in ``state_dict()`` order.
-
-    torch.load keeps a state dict's order; a safetensors file keeps it only
-    when its writer recorded it (normdyn's checkpoints do, ``safetensors.save_file``
-    sorts by name).
-    """
-    if path.suffix == ".safetensors":
-        try:
-            file = CheckpointFile(path)
-            tensors = file.load_all()
-        except NormdynError:
-            raise
-        except (OSError, RuntimeError, ValueError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-            raise StoreError(f"{path}: not a readable safetensors file ({detail})") from None
-        return tensors, _records_order(file)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise StoreError(
-            f"{path}: refused: the file holds pickled objects other than tensors "
-            f"(torch.load weights_only=True: {first}); re-save it as a plain state dict "
-            f"(torch.save(model.state_dict(), ...)) or as safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise StoreError(f"{path}: not a readable torch file ({type(exc).__name__}: {exc})") from None
-    if isinstance(obj, Mapping):
-        for key in _NESTED_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise StoreError(f"{path}: expected a state dict (a mapping of names to tensors), found {type(obj).__name__}")
-    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise StoreError(f"{path}: entries {', '.join(bad[:5])} are not tensors; save model.state_dict() only")
-    return {str(k): v for k, v in obj.items()}, True
-
-
-def _records_order(file: CheckpointFile) -> bool:
-    try:
-        return json.loads(file.metadata.get(ORDER_KEY, "null")) == file.keys()
-    except json.JSONDecodeError:
-        return False
+    return read_source(Source(path, path, "file")).tensors
 
 
 def _signature(tensors: Mapping[str, torch.Tensor]) -> Signature:
@@ -260,35 +224,86 @@ def _verified_reference(run: Run) -> tuple[str, Signature] | None:
     return str(run.checkpoint(0, verify=False).path), _signature(run.load_state_dict(0))
 
 
-def _steps(
-    files: list[Path], steps: Mapping[str, int] | None, steps_file: str | Path | None, result: ImportResult
-) -> list[tuple[int, Path]]:
-    """(step, file) for every file whose step is known, valid and not shared; errors per file."""
-    order: list[tuple[int, Path]] = []
-    for path in files:
-        try:
-            if steps is not None:
-                if path.name not in steps:
-                    raise ConfigError(f"{path}: not listed in the steps file {steps_file}")
-                step, origin = steps[path.name], f"the steps file {steps_file}"
-            else:
-                step, origin = step_from_name(path), "the file name"
-            if step < 0:
-                raise ConfigError(f"{path}: step {step} (from {origin}) is negative; steps are integers >= 0")
-            if step > _MAX_STEP:
-                raise ConfigError(f"{path}: step {step} (from {origin}) is larger than {_MAX_STEP}")
-            order.append((step, path))
-        except ConfigError as exc:
-            result.errors.append(str(exc))
-    by_step: dict[int, list[Path]] = {}
-    for step, path in sorted(order):
-        by_step.setdefault(step, []).append(path)
-    src = files[0].parent
-    for step, paths in sorted(by_step.items()):
-        if len(paths) > 1:
-            names = ", ".join(p.name for p in paths)
+def strip_prefixes(tensors: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``tensors`` with each key's leading ``prefixes`` removed, repeatedly (``model.module.x`` -> ``x``)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        name = key
+        while prefix := next((p for p in prefixes if p and name.startswith(p)), None):
+            name = name[len(prefix) :]
+        if name in out:
+            raise StoreError(f"keys {key!r} and another both become {name!r} once prefixes are stripped")
+        out[name] = tensor
+    return out
+
+
+def _names(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more, {len(keys)} in all)" if len(keys) > 5 else "")
+
+
+def _match_module(
+    tensors: Mapping[str, torch.Tensor], module_state: Mapping[str, torch.Tensor], label: str, prefixes: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """``tensors`` in the module's ``state_dict()`` order; StoreError listing missing, unexpected, misshapen keys."""
+    missing = [k for k in module_state if k not in tensors]
+    extra = [k for k in tensors if k not in module_state]
+    shapes = [
+        f"{k} is {list(tensors[k].shape)}, the model's is {list(module_state[k].shape)}"
+        for k in module_state
+        if k in tensors and tuple(tensors[k].shape) != tuple(module_state[k].shape)
+    ]
+    if missing or extra or shapes:
+        parts = [f"missing {_names(missing)}"] if missing else []
+        parts += [f"unexpected {_names(extra)}"] if extra else []
+        parts += shapes[:5]
+        hint = "" if prefixes or not extra else "; a wrapper's prefix (model., module.) goes with --strip-prefix"
+        raise StoreError(f"refused: its keys do not match the state_dict of {label}: " + "; ".join(parts) + hint)
+    return {k: tensors[k] for k in module_state}
+
+
+def _step_of(
+    source: Source, meta: Mapping[str, float], steps: Mapping[str, int] | None, steps_file: str | Path | None
+) -> tuple[int, str]:
+    """(step, where it came from): steps file, then global_step/step, then the name, then epoch."""
+    if steps is not None:
+        if source.name not in steps:
+            raise ConfigError(f"{source.path}: not listed in the steps file {steps_file}")
+        return steps[source.name], f"the steps file {steps_file}"
+    for key in ("global_step", "step"):
+        if key in meta and float(meta[key]).is_integer():
+            return int(meta[key]), f"its {key}"
+    kind = "folder" if source.path.is_dir() else "file"
+    try:
+        return step_from_name(source.path), f"the {kind} name"
+    except ConfigError:
+        if "epoch" in meta and float(meta["epoch"]).is_integer():
+            return int(meta["epoch"]), "its epoch"
+        raise ConfigError(
+            f"{source.path}: no step in the {kind} name nor in the checkpoint (global_step, step, epoch); "
+            f"pass --steps FILE with a line '{source.name} STEP'"
+        ) from None
+
+
+def _prepared(
+    loaded: Loaded,
+    module_state: Mapping[str, torch.Tensor] | None,
+    label: str,
+    prefixes: Sequence[str],
+) -> dict[str, torch.Tensor]:
+    tensors = strip_prefixes(loaded.tensors, prefixes) if prefixes else loaded.tensors
+    return tensors if module_state is None else _match_module(tensors, module_state, label, prefixes)
+
+
+def _dedup(found: list[_Candidate], src: Path, result: ImportResult) -> list[_Candidate]:
+    """The candidates whose step no other one shares, in step order (an error per shared step)."""
+    by_step: dict[int, list[_Candidate]] = {}
+    for c in sorted(found, key=lambda c: c.step):
+        by_step.setdefault(c.step, []).append(c)
+    for step, group in by_step.items():
+        if len(group) > 1:
+            names = ", ".join(c.source.name for c in group)
             result.errors.append(f"{src}: step {step} is shared by {names} (none imported); use --steps FILE")
-    return [(step, paths[0]) for step, paths in sorted(by_step.items()) if len(paths) == 1]
+    return [group[0] for group in by_step.values() if len(group) == 1]
 
 
 def import_checkpoints(
@@ -301,24 +316,26 @@ def import_checkpoints(
     run_id: str | None = None,
     P: int | None = None,
     seed: int | None = None,
+    module_state: Mapping[str, torch.Tensor] | None = None,
+    module_label: str = "the model",
+    prefixes: Sequence[str] = (),
 ) -> ImportResult:
-    """Import the checkpoint files of folder ``src`` as run ``run_id`` of ``store``.
+    """Import the checkpoints of folder ``src`` (any layout of the module docstring) as run ``run_id`` of ``store``.
 
     An existing run of that id is extended: its stored checkpoints are first
     verified against their sha256, steps it already holds are skipped, new
     steps must come after its last one, and its P, seed and model spec must
-    be the given ones. Files are imported in step order; one bad file is
-    reported in ``errors`` and the rest go on. Each file is read twice: once
-    to check it, once to store it (so nothing is stored before the run's
-    layer order is known). ``P`` (default: unknown, stored as 0) must be positive.
+    be the given ones. ``module_state`` (a module's ``state_dict()``, named
+    ``module_label`` in errors) makes loading strict and fixes the stored
+    order; ``prefixes`` are stripped from every key first. Checkpoints are
+    imported in step order; one bad checkpoint is reported in ``errors`` and
+    the rest go on. Each is read twice: once to check it, once to store it
+    (so nothing is stored before the run's layer order is known). ``P``
+    (default: unknown, stored as 0) must be positive.
     """
     _check_arguments(run_id, P, seed)
     src = Path(src)
-    if not src.is_dir():
-        raise ConfigError(f"{src}: not a folder of checkpoint files (*.safetensors, *.pt, *.pth)")
-    files = sorted(p for p in src.iterdir() if p.suffix in SUFFIXES and p.is_file())
-    if not files:
-        raise ConfigError(f"{src}: no *.safetensors, *.pt or *.pth files")
+    sources = discover(src)
     if model_spec is not None and model_spec.get("layers"):
         try:
             spec_layers(model_spec["layers"])
@@ -333,19 +350,32 @@ def import_checkpoints(
         reference = _verified_reference(existing)
     spec = dict(existing.model_spec if existing is not None else model_spec or {})
     have = {int(s) for s in existing.checkpoints()["step"]} if existing is not None else set()
-    candidates: list[_Candidate] = []
-    for step, path in _steps(files, steps, steps_file, result):
-        if step in have:
-            result.skipped.append(path.name)
-            continue
+    found: list[_Candidate] = []
+    for source in sources:
         try:
-            tensors, in_order = _read_foreign(path)
-            _check_file(path, tensors, reference, spec)
-        except (StoreError, ConfigError) as exc:
+            loaded = read_source(source)
+            step, origin = _step_of(source, loaded.meta, steps, steps_file)
+            if step < 0:
+                raise ConfigError(f"{source.path}: step {step} (from {origin}) is negative; steps are integers >= 0")
+            if step > _MAX_STEP:
+                raise ConfigError(f"{source.path}: step {step} (from {origin}) is larger than {_MAX_STEP}")
+            if step in have:
+                result.skipped.append(source.name)
+                continue
+            tensors = _prepared(loaded, module_state, module_label, prefixes)
+            _check_file(source.path, tensors, reference, spec)
+        except StoreError as exc:
+            text = str(exc)
+            result.errors.append(text if text.startswith(str(source.path)) else f"{source.weights}: {text}")
+            continue
+        except ConfigError as exc:
             result.errors.append(str(exc))
             continue
-        reference = reference or (str(path), _signature(tensors))
-        candidates.append(_Candidate(step, path, list(tensors), in_order))
+        reference = reference or (str(source.path), _signature(tensors))
+        in_order = loaded.in_order or module_state is not None
+        epoch = loaded.meta.get("epoch", float("nan"))
+        found.append(_Candidate(step, origin, source, list(tensors), in_order, epoch))
+    candidates = _dedup(found, src, result)
     if not candidates:
         return result
     if existing is None:
@@ -367,12 +397,13 @@ def import_checkpoints(
     keys = _stored_order(run, candidates)
     for c in candidates:
         try:
-            tensors = _read_foreign(c.path)[0]
-            run.append_checkpoint({k: tensors[k] for k in keys or c.keys}, step=c.step, epoch=float("nan"))
+            tensors = _prepared(read_source(c.source), module_state, module_label, prefixes)
+            run.append_checkpoint({k: tensors[k] for k in keys or c.keys}, step=c.step, epoch=c.epoch)
         except (StoreError, ConfigError, KeyError) as exc:
-            result.errors.append(f"{c.path}: {exc}" if isinstance(exc, KeyError) else str(exc))
+            result.errors.append(f"{c.source.path}: {exc}" if isinstance(exc, KeyError) else str(exc))
             continue
-        result.imported.append(c.path.name)
+        result.imported.append(c.source.name)
+        result.step_origins[c.origin] += 1
     if run.status == "running":
         run.set_status("complete")
     return result
