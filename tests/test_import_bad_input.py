@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
@@ -237,3 +238,172 @@ def test_a_folder_in_the_way_of_the_run_is_not_taken_over(tmp_path: Path) -> Non
             "run `normdyn store fsck --repair` on its store if checkpoints exist"
         ],
     )
+
+
+# ---------------------------------------------------------------- bring your own model, layouts, payloads
+TINY = """
+import pytest
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, rows: int = 4):
+        super().__init__()
+        self.fc1 = nn.Linear(6, rows)
+        self.fc2 = nn.Linear(rows, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def broken(**kwargs):
+    raise ValueError("no GPU found")
+"""
+
+
+class SystemPayload:
+    """A pickle that would run a shell command if anything ever unpickled it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "tiny_models.py").write_text(TINY)
+    monkeypatch.syspath_prepend(str(code))
+
+
+def _factory(*extra: str, target: str = "tiny_models:Tiny", shape: str = "6") -> list[str]:
+    return ["--model-factory", target, "--input-shape", shape, *extra]
+
+
+def test_factory_problems_are_named_before_anything_is_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _user_module(tmp_path, monkeypatch)
+    src = _folder(tmp_path, {"c_0.pt": _sd(0)})
+    store = tmp_path / "s"
+    cases = {
+        "no_such_pkg:Net": "Error: model factory 'no_such_pkg:Net': cannot import no_such_pkg "
+        "(ModuleNotFoundError: No module named 'no_such_pkg')",
+        "tiny_models:Huge": "Error: model factory 'tiny_models:Huge': tiny_models has no 'Huge'",
+        "tiny_models:broken": "Error: model factory 'tiny_models:broken' raised ValueError: no GPU found "
+        "(called with {})",
+    }
+    for target, message in cases.items():
+        assert _import(src, store, *_factory(target=target)) == (1, [message])
+    code, lines = _import(src, store, *_factory("--model-kwargs", "{rows: 4"))
+    assert code == 1
+    assert lines[0].startswith("Error: --model-kwargs '{rows: 4': neither a JSON file nor a JSON object (")
+    code, lines = _import(src, store, *_factory(shape="3,5"))
+    assert code == 1
+    assert lines[0].startswith(
+        "Error: model tiny_models:Tiny: a forward pass on input shape 3,5 failed (RuntimeError: "
+    )
+    assert lines[0].endswith("; check --input-shape")
+    code, lines = _import(src, store, *_factory(shape="6,x"))
+    assert (code, lines[-1]) == (
+        2,
+        "Error: Invalid value for '--input-shape': '6,x': give positive integers separated by commas, e.g. 3,32,32",
+    )
+    assert not store.exists()
+
+
+def test_keys_that_do_not_match_the_module_are_listed_per_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _user_module(tmp_path, monkeypatch)
+    wrapped = {f"module.{k}": v for k, v in _sd(1).items()}
+    extra = {**_sd(3), **{f"head{i}.weight": torch.zeros(1) for i in range(6)}}
+    files = {"c_0.pt": _sd(0), "c_1.pt": wrapped, "c_2.pt": _sd(2, rows=5), "c_3.pt": extra, "c_4.pt": _sd(4)}
+    src = _folder(tmp_path, files)
+    del files["c_0.pt"]
+    code, lines = _import(src, tmp_path / "s", *_factory())
+    label = "refused: its keys do not match the state_dict of tiny_models:Tiny"
+    assert code == 1
+    assert lines == [
+        f"error: {src / 'c_1.pt'}: {label}: missing fc1.weight, fc1.bias, fc2.weight; unexpected module.fc1.weight, "
+        "module.fc1.bias, module.fc2.weight; a wrapper's prefix (model., module.) goes with --strip-prefix",
+        f"error: {src / 'c_2.pt'}: {label}: fc1.weight is [5, 6], the model's is [4, 6]; fc1.bias is [5], "
+        "the model's is [4]; fc2.weight is [2, 5], the model's is [2, 4]",
+        f"error: {src / 'c_3.pt'}: {label}: unexpected head0.weight, head1.weight, head2.weight, head3.weight, "
+        "head4.weight (+1 more, 6 in all); a wrapper's prefix (model., module.) goes with --strip-prefix",
+        f"{tmp_path / 's' / 'src'}: 2 imported, 0 already present, 3 failed",
+    ]
+
+
+def test_broken_shards_are_named_and_the_other_steps_imported(tmp_path: Path) -> None:
+    from safetensors.torch import save_file as save
+
+    src = tmp_path / "pythia"
+    sd = _sd(0)
+    index = {
+        "weight_map": {
+            "fc1.weight": "model-00001-of-00002.safetensors",
+            "fc1.bias": "model-00001-of-00002.safetensors",
+            "fc2.weight": "model-00002-of-00002.safetensors",
+        }
+    }
+    for step in (1, 2, 3, 4):
+        folder = src / f"step{step}"
+        folder.mkdir(parents=True)
+        save({k: sd[k] for k in ("fc1.weight", "fc1.bias")}, str(folder / "model-00001-of-00002.safetensors"))
+        save({"fc2.weight": sd["fc2.weight"]}, str(folder / "model-00002-of-00002.safetensors"))
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (src / "step2" / "model-00002-of-00002.safetensors").unlink()
+    save(
+        {"fc1.bias": sd["fc1.bias"], "fc2.weight": sd["fc2.weight"]},
+        str(src / "step3" / "model-00002-of-00002.safetensors"),
+    )
+    save({"x": torch.zeros(1)}, str(src / "step4" / "model-00003-of-00002.safetensors"))
+    code, lines = _import(src, tmp_path / "s")
+    idx = "model.safetensors.index.json"
+    assert code == 1
+    assert lines == [
+        f"error: {src / 'step2' / idx}: lists shard model-00002-of-00002.safetensors, which does not exist in "
+        f"{src / 'step2'}",
+        f"error: {src / 'step3' / 'model-00002-of-00002.safetensors'}: tensor 'fc1.bias' is also in shard "
+        "model-00001-of-00002.safetensors; each belongs to one shard",
+        f"error: {src / 'step4' / idx}: shard(s) model-00003-of-00002.safetensors in the folder are missing from "
+        "the index",
+        "steps from the folder name (1)",
+        f"{tmp_path / 's' / 'pythia'}: 1 imported, 0 already present, 3 failed",
+    ]
+
+
+def test_pickled_payloads_in_bin_and_ckpt_are_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    src = tmp_path / "lightning"
+    src.mkdir()
+    torch.save({"state_dict": _sd(0), "global_step": 1}, src / "epoch=0-step=1.ckpt")
+    torch.save(
+        {"state_dict": _sd(1), "global_step": 2, "callbacks": SystemPayload(marker)}, src / "epoch=1-step=2.ckpt"
+    )
+    code, lines = _import(src, tmp_path / "s")
+    assert not marker.exists()  # weights_only refused the payload: os.system never ran
+    assert code == 1
+    assert lines[0].startswith(
+        f"error: {src / 'epoch=1-step=2.ckpt'}: refused: the file holds pickled objects other "
+        "than tensors (torch.load weights_only=True: "
+    )
+    assert lines[1:] == [
+        "steps from its global_step (1)",
+        f"{tmp_path / 's' / 'lightning'}: 1 imported, 0 already present, 1 failed",
+    ]
+    hf = tmp_path / "hf"
+    for step in (10, 20):
+        (hf / f"checkpoint-{step}").mkdir(parents=True)
+    torch.save(_sd(0), hf / "checkpoint-10" / "pytorch_model.bin")
+    torch.save({"w": SystemPayload(marker)}, hf / "checkpoint-20" / "pytorch_model.bin")
+    code, lines = _import(hf, tmp_path / "s")
+    assert not marker.exists()
+    assert code == 1
+    assert lines[0].startswith(f"error: {hf / 'checkpoint-20' / 'pytorch_model.bin'}: refused: the file holds pickled")
+    assert lines[1:] == [
+        "steps from the folder name (1)",
+        f"{tmp_path / 's' / 'hf'}: 1 imported, 0 already present, 1 failed",
+    ]
