@@ -277,11 +277,11 @@ class SystemPayload:
 def _user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code = tmp_path / "code"
     code.mkdir()
-    (code / "tiny_models.py").write_text(TINY)
+    (code / "import_bad_models.py").write_text(TINY)
     monkeypatch.syspath_prepend(str(code))
 
 
-def _factory(*extra: str, target: str = "tiny_models:Tiny", shape: str = "6") -> list[str]:
+def _factory(*extra: str, target: str = "import_bad_models:Tiny", shape: str = "6") -> list[str]:
     return ["--model-factory", target, "--input-shape", shape, *extra]
 
 
@@ -292,8 +292,8 @@ def test_factory_problems_are_named_before_anything_is_stored(tmp_path: Path, mo
     cases = {
         "no_such_pkg:Net": "Error: model factory 'no_such_pkg:Net': cannot import no_such_pkg "
         "(ModuleNotFoundError: No module named 'no_such_pkg')",
-        "tiny_models:Huge": "Error: model factory 'tiny_models:Huge': tiny_models has no 'Huge'",
-        "tiny_models:broken": "Error: model factory 'tiny_models:broken' raised ValueError: no GPU found "
+        "import_bad_models:Huge": "Error: model factory 'import_bad_models:Huge': import_bad_models has no 'Huge'",
+        "import_bad_models:broken": "Error: model factory 'import_bad_models:broken' raised ValueError: no GPU found "
         "(called with {})",
     }
     for target, message in cases.items():
@@ -304,7 +304,7 @@ def test_factory_problems_are_named_before_anything_is_stored(tmp_path: Path, mo
     code, lines = _import(src, store, *_factory(shape="3,5"))
     assert code == 1
     assert lines[0].startswith(
-        "Error: model tiny_models:Tiny: a forward pass on input shape 3,5 failed (RuntimeError: "
+        "Error: model import_bad_models:Tiny: a forward pass on input shape 3,5 failed (RuntimeError: "
     )
     assert lines[0].endswith("; check --input-shape")
     code, lines = _import(src, store, *_factory(shape="6,x"))
@@ -323,7 +323,7 @@ def test_keys_that_do_not_match_the_module_are_listed_per_file(tmp_path: Path, m
     src = _folder(tmp_path, files)
     del files["c_0.pt"]
     code, lines = _import(src, tmp_path / "s", *_factory())
-    label = "refused: its keys do not match the state_dict of tiny_models:Tiny"
+    label = "refused: its keys do not match the state_dict of import_bad_models:Tiny"
     assert code == 1
     assert lines == [
         f"error: {src / 'c_1.pt'}: {label}: missing fc1.weight, fc1.bias, fc2.weight; unexpected module.fc1.weight, "

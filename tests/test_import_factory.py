@@ -137,9 +137,9 @@ def test_torchvision_models_measure_alike_from_pt_and_sorted_safetensors(tmp_pat
 def test_user_module_in_a_file_with_wrapper_prefixes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code = tmp_path / "code"
     code.mkdir()
-    (code / "my_models.py").write_text(USER_MODULE)
+    (code / "import_factory_models.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(code))
-    target, kwargs = "my_models:TinyNet", {"width": 4, "num_classes": 3}
+    target, kwargs = "import_factory_models:TinyNet", {"width": 4, "num_classes": 3}
     states = _states(target, kwargs, n=3)
     lightning, plain = tmp_path / "lightning", tmp_path / "plain"
     lightning.mkdir()
