@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,8 @@ def test_measure_model_equals_the_stored_values(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "mm_models.py").write_text(USER_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
     import mm_models  # type: ignore[import-not-found]
+
+    monkeypatch.delitem(sys.modules, "mm_models")  # removed again after the test: no leak to later tests
 
     model = mm_models.make()
     with torch.no_grad():  # non-trivial BatchNorm statistics and affine parameters

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,11 @@ def make(width=8, classes=3):
 
 
 @pytest.fixture
-def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     (tmp_path / "my_models.py").write_text(USER_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
-    return "my_models:make"
+    yield "my_models:make"
+    sys.modules.pop("my_models", None)  # the next test's tmp_path holds another file of that name
 
 
 def _loop(rec: Recorder, model: nn.Module, steps: int) -> None:
