@@ -30,12 +30,13 @@ def make():
 """
 
 
-def test_measure_model_equals_the_stored_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_measure_model_equals_the_stored_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     (tmp_path / "mm_models.py").write_text(USER_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
+    request.addfinalizer(lambda: sys.modules.pop("mm_models", None))  # no leak to later tests
     import mm_models  # type: ignore[import-not-found]
-
-    monkeypatch.delitem(sys.modules, "mm_models")  # removed again after the test: no leak to later tests
 
     model = mm_models.make()
     with torch.no_grad():  # non-trivial BatchNorm statistics and affine parameters
