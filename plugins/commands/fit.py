@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from normdyn.analyzers.fit.laws import FitOptions
 from normdyn.core.atomic import write_bytes_atomic
-from normdyn.plugins.commands.fit_options import law_options, parse_where
+from normdyn.plugins.commands.fit_options import law_options, options_from, parse_where
 
 if TYPE_CHECKING:  # pragma: no cover
     from normdyn.analyzers.fit.pipeline import FitResult
@@ -70,15 +69,7 @@ def fit_command(
         raise click.UsageError("STORE needs --measure NAME (the measure that plays lambda)")
     if curves_csv is not None and (measure or where):
         raise click.UsageError("--measure and --where select runs of a STORE; they do not apply to --curves")
-    options = FitOptions(
-        window=window,
-        law1_min_P=law1_min_P,
-        law2_min_P=law2_min_P,
-        method=method,
-        law2_offset=law2_offset,
-        law2_method=law2_method,
-        eps_star_method=eps_star_method,
-    )
+    options = options_from(click.get_current_context().params, law2_offset=law2_offset)
     kwargs: dict[str, Any] = dict(
         options=options, grid=grid, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=not quiet
     )

@@ -9,7 +9,7 @@ import click
 
 from normdyn.analyzers.fit.laws import FitOptions
 
-__all__ = ["law_options", "parse_where"]
+__all__ = ["law_options", "parse_where", "options_from"]
 
 
 def parse_where(items: tuple[str, ...]) -> dict[str, str]:
@@ -72,3 +72,9 @@ def law_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_LAW_OPTIONS):
         command = option(command)
     return command
+
+
+def options_from(params: dict[str, Any], **extra: Any) -> FitOptions:
+    """The FitOptions that the law options in ``params`` (a command's parsed options) ask for."""
+    keys = ("window", "law1_min_P", "law2_min_P", "method", "law2_method", "eps_star_method")
+    return FitOptions(**{k: params[k] for k in keys}, **extra)

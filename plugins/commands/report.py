@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from normdyn.analyzers.fit.laws import FitOptions
-from normdyn.plugins.commands.fit_options import law_options, parse_where
+from normdyn.plugins.commands.fit_options import law_options, options_from, parse_where
 
 if TYPE_CHECKING:  # pragma: no cover - the report (matplotlib) loads only when the command runs
     from normdyn.analyzers.report.build import ReportSummary
@@ -99,27 +99,8 @@ def report_command(
     from normdyn.analyzers.fit.laws import check_methods
     from normdyn.analyzers.report.build import build_report
 
-    params = dict(
-        stores=stores,
-        out=out,
-        measures=measures,
-        where=where,
-        grid=grid,
-        window=window,
-        law1_min_P=law1_min_P,
-        law2_min_P=law2_min_P,
-        method=method,
-        law2_method=law2_method,
-        eps_star_method=eps_star_method,
-    )
-    options = FitOptions(
-        window=window,
-        law1_min_P=law1_min_P,
-        law2_min_P=law2_min_P,
-        method=method,
-        law2_method=law2_method,
-        eps_star_method=eps_star_method,
-    )
+    params = click.get_current_context().params
+    options = options_from(params)
     check_methods(options)  # a wrong fitter name fails the command, not every report item
     summary = build_report(
         list(stores),
