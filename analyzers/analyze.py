@@ -275,6 +275,8 @@ def analyze_run(task: RunTask) -> RunOutcome:
         if why is None:
             continue
         todo_rows = [row for row in range(n) if task.force or not r.done(row)]
+        if not todo_rows:  # every row already holds a valid value: the normal pass skips them
+            continue
         for row in todo_rows:
             r.fail(row, why)
         outcome.failed += len(todo_rows)
