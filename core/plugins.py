@@ -58,6 +58,7 @@ _OWN_DISTRIBUTION = "normdyn"
 pm = pluggy.PluginManager("normdyn")
 pm.add_hookspecs(hookspecs)
 _started = False
+_candidates: list[EntryPoint] = []  # the entry points this process loads, read once at start
 _loaded_kinds: set[str] = set()
 _registries: dict[str, Registry] = {}
 
@@ -111,13 +112,14 @@ def _register_entry_point(ep: EntryPoint) -> None:
 
 def load_plugins(kind: str | None = None) -> pluggy.PluginManager:
     """Load the plugins loaded at start (once) and, with ``kind``, those named for that registry kind."""
-    global _started
+    global _started, _candidates
     if not _started:
         _started = True
+        _candidates = _wanted_entry_points()
         if os.environ.get("NORMDYN_TRACE_PLUGINS"):
             pm.trace.root.setwriter(sys.stderr.write)
             pm.enable_tracing()
-        for ep in _wanted_entry_points():
+        for ep in _candidates:
             if _kind_of(ep) is None:
                 _register_entry_point(ep)
         pm.check_pending()
@@ -126,7 +128,7 @@ def load_plugins(kind: str | None = None) -> pluggy.PluginManager:
         if k in _loaded_kinds:
             continue
         _loaded_kinds.add(k)
-        for ep in _wanted_entry_points():
+        for ep in _candidates:
             if _kind_of(ep) == k:
                 _register_entry_point(ep)
         pm.check_pending()
