@@ -167,17 +167,28 @@ class CheckpointFile:
     @classmethod
     def from_bytes(cls, path: str | os.PathLike[str], data: bytes) -> CheckpointFile:
         """The checkpoint held in ``data`` (the bytes of ``path``), parsed once by safetensors."""
-        self = cls.__new__(cls)
-        self.path = Path(path)
         try:
             from safetensors.torch import load as _st_load
 
             tensors = _st_load(data)
         except SafetensorError as exc:
-            raise _damaged(self.path, exc, len(data), data[:8]) from None
+            raise _damaged(Path(path), exc, len(data), data[:8]) from None
+        return cls.from_tensors(path, tensors, _metadata_of(data))
+
+    @classmethod
+    def from_tensors(
+        cls,
+        path: str | os.PathLike[str],
+        tensors: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, str] | None = None,
+    ) -> CheckpointFile:
+        """The checkpoint of ``tensors`` already in memory (read from ``path``, which names it in errors),
+        in their order unless ``metadata`` gives a ``tensor_order``."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
         self._handle = None
-        self.metadata = _metadata_of(data)
-        self._tensors = tensors
+        self.metadata = dict(metadata or {})
+        self._tensors = dict(tensors)
         self._file_order = list(tensors)
         self._specs = {k: (_dtype_names().get(v.dtype, str(v.dtype)), list(v.shape)) for k, v in tensors.items()}
         return self

@@ -17,7 +17,7 @@ import click
 from normdyn.core import __version__, plugins
 from normdyn.core.command_group import NormdynGroup
 from normdyn.core.errors import NormdynError, StoreError
-from normdyn.core.fsck import fsck_store
+from normdyn.core.fsck import fsck_store, relink_run
 from normdyn.core.schedule import parse_schedule
 from normdyn.core.store import Run, scan_runs
 from normdyn.core.table import format_table
@@ -112,6 +112,25 @@ def store_fsck(store_dir: str, repair: bool) -> None:
     bad = [r for r in reports if not r.ok]
     click.echo(f"{len(reports)} run(s) checked, {len(reports) - len(bad)} ok, {len(bad)} with problems")
     if bad:
+        sys.exit(1)
+
+
+@store.command("relink")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+def store_relink(run_dir: str, folders: tuple[str, ...]) -> None:
+    """Point the linked checkpoints of RUN_DIR that moved at their new place under FOLDERS.
+
+    A linked file (normdyn import --link) that is missing or has another size is looked for by content:
+    a file of its recorded size and sha256, whatever its name. Exit 1 if one is not found.
+    """
+    report = relink_run(run_dir, list(folders))
+    for line in report.repaired:
+        click.echo(f"relinked: {line}")
+    for line in report.problems:
+        click.echo(f"problem: {line}", err=True)
+    click.echo(f"{report.path}: {len(report.repaired)} file(s) relinked, {len(report.problems)} not found")
+    if report.problems:
         sys.exit(1)
 
 

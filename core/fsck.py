@@ -4,7 +4,9 @@ Checks per run: the index opens and has the right format; every indexed
 checkpoint exists, has the recorded size and sha256, and its metadata names
 this run and step; no checkpoint file is missing from the index (an orphan is
 what a crash between writing a checkpoint and indexing it leaves behind); no
-stale temporary files.
+stale temporary files. A linked row (``normdyn import --link``) has its
+metadata file ``ckpt/step-N.link.json`` in place of a checkpoint, and each of
+the user's files it links must exist with the recorded size and sha256.
 
 Repair never deletes or rewrites a checkpoint file. A damaged index is moved
 aside (``run.h5.damaged-TIMESTAMP``) and rebuilt from the checkpoints'
@@ -14,7 +16,10 @@ are removed, those of live writers left alone; root attributes with a wrong
 type or value are restored from the newest checkpoint's metadata; a measure
 record that does not fit the table is removed after a copy of the index is
 kept (``run.h5.damaged-TIMESTAMP``). A run directory that cannot be written
-is one problem line; the other runs are still checked.
+is one problem line; the other runs are still checked. A linked file that is
+missing or changed is a problem that repair leaves alone (it never touches the
+user's files nor drops the row): the line says how to relink it
+(:func:`relink_run`, ``normdyn store relink``) or import a copy.
 """
 
 from __future__ import annotations
@@ -30,17 +35,20 @@ from typing import Any
 from normdyn.core.atomic import stale_temps
 from normdyn.core.checkpoint import CheckpointFile, sha256_file
 from normdyn.core.errors import StoreError
+from normdyn.core.linked import LINK_SUFFIX, Link, LinkedFile
 from normdyn.core.store import (
     FORMAT,
     INDEX,
+    LINK_COLUMN,
     MeasureRecord,
     Run,
     checkpoint_filename,
+    link_filename,
     run_dirs,
     write_index,
 )
 
-__all__ = ["FsckReport", "fsck_run", "fsck_store"]
+__all__ = ["FsckReport", "fsck_run", "fsck_store", "relink_run"]
 
 
 @dataclass
@@ -59,17 +67,18 @@ class FsckReport:
 
 @dataclass
 class _Found:
-    """A readable checkpoint file and the row its metadata describes."""
+    """A readable checkpoint file (or a linked row's metadata file) and the row its metadata describes;
+    ``layout`` is None for a linked row (its tensors are in the user's files)."""
 
     file: str
     row: dict[str, Any]
     run_attrs: dict[str, Any]
-    layout: dict[str, tuple[str, list[int]]]
+    layout: dict[str, tuple[str, list[int]]] | None
 
 
-def _read_checkpoint(run_dir: Path, rel: str) -> _Found:
-    ck = CheckpointFile(run_dir / rel)
-    meta = ck.metadata
+def _row_of(path: Path, meta: dict[str, Any], rel: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The index row (without sha256 and bytes) and the run attributes the metadata of the checkpoint
+    (or linked row) ``rel`` holds; StoreError naming ``path`` where they are unusable."""
     try:
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
@@ -78,9 +87,32 @@ def _read_checkpoint(run_dir: Path, rel: str) -> _Found:
         row.update(json.loads(meta["metrics"]))
         run_attrs = json.loads(meta["run"])
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{ck.path}: checkpoint metadata unusable ({exc})") from None
-    if rel != checkpoint_filename(step):
-        raise StoreError(f"{ck.path}: metadata says step {step}, file name disagrees")
+        raise StoreError(f"{path}: checkpoint metadata unusable ({exc})") from None
+    if rel != (link_filename(step) if rel.endswith(LINK_SUFFIX) else checkpoint_filename(step)):
+        raise StoreError(f"{path}: metadata says step {step}, file name disagrees")
+    return row, run_attrs
+
+
+def _read_link_file(run_dir: Path, rel: str) -> _Found:
+    """The row a linked checkpoint's metadata file describes (the user's files are not read here)."""
+    path = run_dir / rel
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: linked checkpoint metadata unreadable ({exc})") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path}: linked checkpoint metadata is not a JSON object")
+    row, run_attrs = _row_of(path, meta, rel)
+    link = Link.from_json(str(meta.get(LINK_COLUMN, "")), str(path))
+    row.update({"sha256": link.sha256, "bytes": link.bytes, LINK_COLUMN: link.to_json()})
+    return _Found(rel, row, run_attrs, None)
+
+
+def _read_checkpoint(run_dir: Path, rel: str) -> _Found:
+    if rel.endswith(LINK_SUFFIX):
+        return _read_link_file(run_dir, rel)
+    ck = CheckpointFile(run_dir / rel)
+    row, run_attrs = _row_of(ck.path, ck.metadata, rel)
     path = run_dir / rel
     row["sha256"] = sha256_file(path)
     row["bytes"] = path.stat().st_size
@@ -103,7 +135,8 @@ def _stale_temps(run_dir: Path) -> list[Path]:
 def _scan_files(run_dir: Path, report: FsckReport) -> dict[str, _Found]:
     found: dict[str, _Found] = {}
     ckpt = run_dir / "ckpt"
-    for path in sorted(ckpt.glob("step-*.safetensors")) if ckpt.is_dir() else []:
+    names = [*ckpt.glob("step-*.safetensors"), *ckpt.glob(f"step-*{LINK_SUFFIX}")] if ckpt.is_dir() else []
+    for path in sorted(names):
         rel = f"ckpt/{path.name}"
         try:
             found[rel] = _read_checkpoint(run_dir, rel)
@@ -192,10 +225,13 @@ def _check_measures(run: Run, report: FsckReport, repair: bool) -> None:
 
 
 def _check_rows(run: Run, table: dict[str, Any], found: dict[str, _Found], report: FsckReport) -> None:
-    """Compare every indexed row with its file: presence, hash, size, step, run id, tensor layout."""
+    """Compare every indexed row with its file: presence, hash, size, step, run id, tensor layout; and
+    every file a linked row reads with its record."""
     first = found.get(table["file"][0]) if len(table["file"]) else None
     for i, rel in enumerate(table["file"]):
         path = run.path / rel
+        if str(table.get(LINK_COLUMN, [""] * (i + 1))[i]):
+            _check_linked(run, i, int(table["step"][i]), report)
         f = found.get(rel)
         if f is None:
             if not path.exists():
@@ -215,8 +251,19 @@ def _check_rows(run: Run, table: dict[str, Any], found: dict[str, _Found], repor
             report.problems.append(
                 f"{path}: metadata names run {f.run_attrs.get('run_id')!r}, index says {run.run_id!r}"
             )
-        if first is not None and f.layout != first.layout:
+        if first is not None and f.layout is not None and first.layout is not None and f.layout != first.layout:
             report.problems.append(_layout_problem(path, f.layout, run.path / first.file, first.layout))
+
+
+def _check_linked(run: Run, i: int, step: int, report: FsckReport) -> None:
+    """One problem line per file of linked row ``i`` that is missing or changed (each file is hashed)."""
+    try:
+        link = run.link(i)
+    except StoreError as exc:
+        report.problems.append(str(exc))
+        return
+    for problem in link.problems() if link is not None else []:
+        report.problems.append(f"{problem}; {run.link_hint(step)}")
 
 
 def _layout_problem(
@@ -278,6 +325,59 @@ def fsck_run(run_dir: str | os.PathLike[str], *, repair: bool = False) -> FsckRe
             "make the run directory readable and writable, then run `normdyn store fsck --repair` again"
         )
     return report
+
+
+def relink_run(run_dir: str | os.PathLike[str], folders: list[str | os.PathLike[str]]) -> FsckReport:
+    """Point the linked files of ``run_dir`` that moved at their new place under one of ``folders``.
+
+    A linked file is looked for when it is missing or has another size than
+    recorded; it is found by content (a file of the recorded size and sha256,
+    whatever its name), so only files of a wanted size are hashed. ``repaired``
+    lists each file relinked, ``problems`` each one not found. A file changed
+    in place at its recorded size is not looked for: fsck reports it.
+    """
+    run = Run(run_dir)
+    report = FsckReport(run.path)
+    links = {i: link for i in range(len(run)) if (link := run.link(i)) is not None}
+    lost = {f.path: f for link in links.values() for f in link.files if f.problem(content=False)}
+    if not lost:
+        return report
+    found = _find_by_content(list(lost.values()), [Path(d) for d in folders])
+    moved = {i: link.moved(found) for i, link in links.items() if any(f.path in found for f in link.files)}
+    if moved:
+        run.replace_links(moved)
+    for old, file in lost.items():
+        if old in found:
+            report.repaired.append(f"{old}: relinked to {found[old]}")
+        else:
+            report.problems.append(
+                f"{old}: linked file not found under {', '.join(str(d) for d in folders)} "
+                f"(no file of {file.size} bytes with sha256 {file.sha256[:12]}...)"
+            )
+    return report
+
+
+def _find_by_content(files: list[LinkedFile], folders: list[Path]) -> dict[str, str]:
+    """Old path -> the resolved path of a file under ``folders`` with the same size and sha256."""
+    wanted: dict[tuple[int, str], list[str]] = {}
+    for f in files:
+        wanted.setdefault((f.size, f.sha256), []).append(f.path)
+    sizes = {size for size, _ in wanted}
+    found: dict[str, str] = {}
+    for folder in folders:
+        for root, _, names in os.walk(folder):
+            for name in names:
+                path = Path(root) / name
+                try:
+                    size = path.stat().st_size
+                    key = (size, sha256_file(path)) if size in sizes else None
+                except OSError:
+                    continue
+                for old in wanted.pop(key, []) if key else []:
+                    found[old] = str(path.resolve())
+                if not wanted:
+                    return found
+    return found
 
 
 def fsck_store(store: str | os.PathLike[str], *, repair: bool = False) -> list[FsckReport]:

@@ -2,6 +2,9 @@
 
 A store is a directory; each run is a subdirectory holding ``run.h5`` (the
 index), ``ckpt/step-NNNNNNNNNN.safetensors`` and ``resume/latest.safetensors``.
+A linked row (``normdyn import --link``) keeps its weights in the user's files:
+the index's ``link`` column records them (:mod:`normdyn.core.linked`) and
+``ckpt/step-NNNNNNNNNN.link.json`` holds the metadata a checkpoint file would.
 
 Every change to ``run.h5`` is a copy-on-write under a file lock: the index is
 copied to a temporary file, modified, fsynced and renamed over the original.
@@ -30,9 +33,10 @@ import numpy as np
 from filelock import FileLock
 
 from normdyn.core import __version__
-from normdyn.core.atomic import replacing
+from normdyn.core.atomic import replacing, write_bytes_atomic
 from normdyn.core.checkpoint import CheckpointFile, read_file_bytes, sha256_bytes, write_checkpoint
 from normdyn.core.errors import StoreError
+from normdyn.core.linked import LINK_SUFFIX, Link, open_linked
 
 if TYPE_CHECKING:  # pragma: no cover - torch loads with the tensors, so listing a store does not import it
     import torch
@@ -50,6 +54,8 @@ __all__ = [
     "scan_runs",
     "run_dirs",
     "checkpoint_filename",
+    "link_filename",
+    "LINK_COLUMN",
     "write_index",
 ]
 
@@ -59,8 +65,11 @@ LOCK = "run.h5.lock"
 STATUSES = ("running", "complete", "failed")
 METRIC_COLUMNS = ("train_error", "train_loss", "test_error", "test_loss")
 CHECKPOINT_COLUMNS = ("step", "epoch", "samples_seen", "wall_time", "file", "sha256", "bytes", *METRIC_COLUMNS)
+#: the optional column of linked rows: the link record as JSON, "" for a row stored as a copy (a run
+#: without linked rows may lack it: stores written before it existed read as before)
+LINK_COLUMN = "link"
 _INT_COLUMNS = ("step", "samples_seen", "bytes")
-_STR_COLUMNS = ("file", "sha256")
+_STR_COLUMNS = ("file", "sha256", LINK_COLUMN)
 _JSON_ATTRS = ("config", "model_spec", "dataset")
 _REQUIRED_ATTRS = ("format", "run_id", "status", *_JSON_ATTRS, "P", "seed")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -84,6 +93,16 @@ def _torch_version() -> str:
 def checkpoint_filename(step: int) -> str:
     """``ckpt/step-0000000117.safetensors`` for step 117."""
     return f"ckpt/step-{int(step):010d}.safetensors"
+
+
+def link_filename(step: int) -> str:
+    """``ckpt/step-0000000117.link.json``: a linked row's metadata file, for step 117."""
+    return f"ckpt/step-{int(step):010d}{LINK_SUFFIX}"
+
+
+def _fill_value(name: str) -> Any:
+    """What a row that lacks column ``name`` holds in it."""
+    return "" if name in _STR_COLUMNS else (0 if name in _INT_COLUMNS else np.nan)
 
 
 def _column_dtype(name: str) -> Any:
@@ -145,7 +164,8 @@ class Run:
                 "run `normdyn store fsck --repair` on its store if checkpoints exist"
             )
         self._lock = FileLock(str(self.path / LOCK))
-        self._first_layout: dict[Path, dict[str, tuple[str, list[int]]]] = {}
+        # (file, sha256) of row 0 -> (its path, its tensors' dtypes and shapes)
+        self._first_layout: dict[tuple[str, str], tuple[Path, dict[str, tuple[str, list[int]]]]] = {}
         attrs = self.attrs  # validates the index once
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{self.index}: format {attrs.get('format')!r} is not {FORMAT!r}")
@@ -358,6 +378,51 @@ class Run:
         standard columns and any extra float columns (created on first use,
         NaN for earlier rows). Measures get a NaN row.
         """
+
+        def write(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+            sha, nbytes = write_checkpoint(path, state_dict, meta)
+            return {"sha256": sha, "bytes": nbytes}
+
+        return self._append(
+            checkpoint_filename(step), write, step=step, epoch=epoch, samples_seen=samples_seen, metrics=metrics
+        )
+
+    def append_linked(
+        self,
+        link: Link,
+        *,
+        step: int,
+        epoch: float,
+        samples_seen: int = 0,
+        metrics: Mapping[str, float] | None = None,
+    ) -> int:
+        """Add the checkpoint of ``step`` by reference to the user's files ``link`` records; return its row.
+
+        Nothing of the weights is copied: the row's ``sha256`` and ``bytes`` are the linked files' (see
+        :class:`normdyn.core.linked.Link`), its ``link`` column the record. As for a copy, a metadata file
+        (``ckpt/step-N.link.json``: the metadata a checkpoint file carries, plus the record) is written
+        atomically before the row, so fsck can rebuild a lost index.
+        """
+
+        def write(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+            write_bytes_atomic(path, json.dumps({**meta, LINK_COLUMN: link.to_json()}, sort_keys=True).encode())
+            return {"sha256": link.sha256, "bytes": link.bytes, LINK_COLUMN: link.to_json()}
+
+        return self._append(
+            link_filename(step), write, step=step, epoch=epoch, samples_seen=samples_seen, metrics=metrics
+        )
+
+    def _append(
+        self,
+        file: str,
+        write: Callable[[Path, dict[str, str]], dict[str, Any]],
+        *,
+        step: int,
+        epoch: float,
+        samples_seen: int,
+        metrics: Mapping[str, float] | None,
+    ) -> int:
+        """Append the row of ``step``: ``write(path, metadata)`` writes its file and returns its columns."""
         with self._read() as f:  # one open for the order check and the attributes: this runs at every point
             steps = f["checkpoints/step"]
             last = int(steps[-1]) if steps.shape[0] else None
@@ -369,7 +434,7 @@ class Run:
             "epoch": float(epoch),
             "samples_seen": int(samples_seen),
             "wall_time": time.time(),
-            "file": checkpoint_filename(step),
+            "file": file,
         }
         row.update({k: float("nan") for k in METRIC_COLUMNS})
         row.update({k: float(v) for k, v in (metrics or {}).items()})
@@ -382,8 +447,7 @@ class Run:
             "run": json.dumps(_run_attrs_for_metadata(attrs)),
         }
         (self.path / "ckpt").mkdir(exist_ok=True)
-        sha, nbytes = write_checkpoint(self.path / checkpoint_filename(step), state_dict, meta)
-        row.update(sha256=sha, bytes=nbytes)
+        row.update(write(self.path / file, meta))
         with self._mutate() as f:
             _append_row(f, row)
             return int(f["checkpoints/step"].shape[0]) - 1
@@ -396,25 +460,53 @@ class Run:
         those same bytes, and each tensor's dtype and shape must be those of
         the run's first checkpoint; any difference is a StoreError. Without
         it only the header is read and tensors are read lazily, unchecked.
+
+        A linked row (``normdyn import --link``) is read from the user's files, each checked the same
+        way against the size and sha256 recorded when it was linked; a missing or changed file is a
+        StoreError naming it and saying how to relink it.
         """
         table = self.checkpoints()
         files = table["file"]
         if not -len(files) <= i < len(files):
             raise StoreError(f"{self.path}: no checkpoint row {i} (run has {len(files)})")
-        path = self.path / files[i]
+        ck = self._open_row(table, i, verify)
+        if verify and i % len(files):
+            self._check_like_first(ck, table)
+        return ck
+
+    def link(self, i: int) -> Link | None:
+        """The link record of row ``i``, or None for a row stored as a copy."""
+        return self._link_of(self.checkpoints(), i)
+
+    def _link_of(self, table: Mapping[str, np.ndarray], i: int) -> Link | None:
+        text = str(table[LINK_COLUMN][i]) if LINK_COLUMN in table else ""
+        return Link.from_json(text, f"{self.index} row {i % len(table['file'])}") if text else None
+
+    def link_hint(self, step: int) -> str:
+        """What to do about a linked file of step ``step`` that moved or changed (appended to errors)."""
+        return (
+            f"step {step} of run {self.path} reads it (the store holds no copy): if it moved, "
+            f"`normdyn store relink {self.path} NEW_FOLDER`; if it changed, put the original back or import "
+            "the new file into another run (`normdyn import FOLDER --store STORE --run-id NEW_ID`)"
+        )
+
+    def _open_row(self, table: Mapping[str, np.ndarray], i: int, verify: bool) -> CheckpointFile:
+        link = self._link_of(table, i)
+        expected_bytes, expected_sha = int(table["bytes"][i]), str(table["sha256"][i])
+        if link is not None:
+            if (link.bytes, link.sha256) != (expected_bytes, expected_sha):
+                raise StoreError(f"{self.index}: row {i} disagrees with its own link record; {_REPAIR}")
+            return open_linked(link, verify=verify, hint=self.link_hint(int(table["step"][i])))
+        path = self.path / table["file"][i]
         if not verify:
             return self._opened(lambda: CheckpointFile(path))
         data = read_file_bytes(path)
-        expected_bytes, expected_sha = int(table["bytes"][i]), str(table["sha256"][i])
         if len(data) != expected_bytes:
             raise StoreError(f"{path}: size {len(data)} bytes differs from the index ({expected_bytes}); {_CHANGED}")
         sha = sha256_bytes(data)
         if sha != expected_sha:
             raise StoreError(f"{path}: sha256 mismatch (index {expected_sha[:12]}..., file {sha[:12]}...); {_CHANGED}")
-        ck = self._opened(lambda: CheckpointFile.from_bytes(path, data))
-        if i % len(files):
-            self._check_like_first(ck, self.path / files[0])
-        return ck
+        return self._opened(lambda: CheckpointFile.from_bytes(path, data))
 
     @staticmethod
     def _opened(open_file: Callable[[], CheckpointFile]) -> CheckpointFile:
@@ -423,13 +515,13 @@ class Run:
         except StoreError as exc:
             raise StoreError(f"{exc}; run `normdyn store fsck` on its store to check the others") from None
 
-    def _check_like_first(self, ck: CheckpointFile, first_path: Path) -> None:
+    def _check_like_first(self, ck: CheckpointFile, table: Mapping[str, np.ndarray]) -> None:
         """Refuse a checkpoint whose tensors (names, dtypes, shapes) differ from the first one's."""
-        first = self._first_layout.get(first_path)
-        if first is None:
-            ref = self._opened(lambda: CheckpointFile(first_path))
-            first = {k: (ref.dtype(k), ref.shape(k)) for k in ref.keys()}
-            self._first_layout = {first_path: first}
+        first_key = (str(table["file"][0]), str(table["sha256"][0]))
+        if first_key not in self._first_layout:
+            ref = self._open_row(table, 0, verify=False)
+            self._first_layout = {first_key: (ref.path, {k: (ref.dtype(k), ref.shape(k)) for k in ref.keys()})}
+        first_path, first = self._first_layout[first_key]
         names = ck.keys()
         extra = [k for k in names if k not in first]
         lacking = [k for k in first if k not in ck]
@@ -445,6 +537,28 @@ class Run:
                     f"{ck.path}: tensor {name!r} is {dtype} {shape}, but {first[name][0]} {first[name][1]} "
                     f"in the run's first checkpoint {first_path}; {_CHANGED}"
                 )
+
+    def replace_links(self, links: Mapping[int, Link]) -> None:
+        """Record linked rows' files at new places (``normdyn store relink``), in one atomic update.
+
+        Each new record must describe the same content (sha256 and size) as the row's; the row's
+        metadata file is rewritten first, then the index.
+        """
+        table = self.checkpoints()
+        for i, link in links.items():
+            if self._link_of(table, i) is None or (link.sha256, link.bytes) != (table["sha256"][i], table["bytes"][i]):
+                raise StoreError(f"{self.index}: row {i} is not a linked row of this content; nothing relinked")
+        for i, link in links.items():
+            path = self.path / str(table["file"][i])
+            try:
+                meta = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # fsck reports the metadata file; the index is what reads use
+            write_bytes_atomic(path, json.dumps({**meta, LINK_COLUMN: link.to_json()}, sort_keys=True).encode())
+        with self._mutate() as f:
+            column = f[f"checkpoints/{LINK_COLUMN}"]
+            for i, link in links.items():
+                column[i] = link.to_json()
 
     def load_state_dict(self, i: int, *, verify: bool = True) -> dict[str, torch.Tensor]:
         """All tensors of checkpoint row ``i``, hash-verified as :meth:`checkpoint` does."""
@@ -561,11 +675,11 @@ def _append_row(f: h5py.File, row: Mapping[str, Any]) -> None:
     g = f["checkpoints"]
     n = int(g["step"].shape[0])
     for name in set(row) - set(g):
-        g.create_dataset(name, data=np.full(n, np.nan), maxshape=(None,), chunks=True)
+        g.create_dataset(name, data=_column(name, [_fill_value(name)] * n), maxshape=(None,), chunks=True)
     for name in g:
         d = g[name]
         d.resize((n + 1,))
-        d[n] = row.get(name, np.nan)
+        d[n] = row.get(name, _fill_value(name))
     if "measures" in f:
         for d in f["measures"].values():
             d.resize((n + 1,))
@@ -581,9 +695,12 @@ def _fill_checkpoints(f: h5py.File, rows: Sequence[Mapping[str, Any]]) -> None:
     columns = list(CHECKPOINT_COLUMNS) + sorted({k for r in rows for k in r} - set(CHECKPOINT_COLUMNS))
     g = f.create_group("checkpoints")
     for name in columns:
-        fill = "" if name in _STR_COLUMNS else (0 if name in _INT_COLUMNS else np.nan)
-        data = np.array([r.get(name, fill) for r in rows], dtype=_column_dtype(name))
+        data = _column(name, [r.get(name, _fill_value(name)) for r in rows])
         g.create_dataset(name, data=data, maxshape=(None,), chunks=True)
+
+
+def _column(name: str, values: Sequence[Any]) -> np.ndarray:
+    return np.array(values, dtype=_column_dtype(name))
 
 
 def write_index(run_dir: str | os.PathLike[str], attrs: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> None:
