@@ -7,8 +7,11 @@
   ``model-00001-of-00002.safetensors`` listed by ``model.safetensors.index.json``
   (its ``weight_map``: tensor name -> shard file), read as one checkpoint.
 
-Torch files are read only with ``torch.load(weights_only=True)``: a file
-holding other pickled objects is refused and nothing in it runs. A torch
+Torch files are read only with ``torch.load(weights_only=True)`` (plus the
+plain-data types of Lightning's ``hyper_parameters``:
+:func:`normdyn.core.safe_pickle.load_torch`): a file holding other pickled
+objects is refused and nothing in it runs. Each file is read once; its size
+and sha256 come with its tensors, for ``normdyn import --link``. A torch
 file's dict may carry the state dict under ``state_dict`` (Lightning),
 ``model_state_dict`` or ``model``, and the checkpoint's own step under
 ``global_step`` or ``step`` and its ``epoch``; a Trainer folder's
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ import torch
 
 from normdyn.core.checkpoint import ORDER_KEY, CheckpointFile
 from normdyn.core.errors import ConfigError, NormdynError, StoreError
+from normdyn.core.linked import LinkedFile, read_linked_bytes, state_dict_of
+from normdyn.core.safe_pickle import load_torch
 
 __all__ = ["FILE_SUFFIXES", "Loaded", "Source", "discover", "read_source", "read_torch_file"]
 
@@ -37,7 +41,6 @@ FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS, TORCH_BIN, SHARD_INDEX = "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"
 TRAINER_STATE = "trainer_state.json"
 _FOLDER_FILES = (SHARD_INDEX, SAFETENSORS, TORCH_BIN)  # the first one a folder holds is its checkpoint
-_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _META_KEYS = ("global_step", "step", "epoch")
 _SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 
@@ -58,12 +61,16 @@ class Source:
 
 @dataclass
 class Loaded:
-    """A checkpoint's tensors, whether they are in ``state_dict()`` order, and its own step metadata."""
+    """A checkpoint's tensors, whether they are in ``state_dict()`` order, and its own step metadata;
+    how they were read (``reader``, the torch dict ``entry`` holding them) and the ``files`` read, each
+    with its size and sha256: what a linked row records."""
 
     tensors: dict[str, torch.Tensor]
     in_order: bool
     meta: dict[str, float] = field(default_factory=dict)
-    files: list[Path] = field(default_factory=list)
+    files: list[LinkedFile] = field(default_factory=list)
+    reader: str = "safetensors"
+    entry: str | None = None
 
 
 def _folder_weights(folder: Path) -> Path | None:
@@ -109,8 +116,9 @@ def read_source(source: Source) -> Loaded:
 
 
 def _read_safetensors(path: Path) -> Loaded:
+    data = read_linked_bytes(path)
     try:
-        file = CheckpointFile(path)
+        file = CheckpointFile.from_bytes(path, data)
         tensors = file.load_all()
     except NormdynError:
         raise
@@ -121,38 +129,20 @@ def _read_safetensors(path: Path) -> Loaded:
         in_order = json.loads(file.metadata.get(ORDER_KEY, "null")) == file.keys()
     except json.JSONDecodeError:
         in_order = False
-    return Loaded(tensors, in_order, files=[path])
+    return Loaded(tensors, in_order, files=[LinkedFile.of(path, data)])
 
 
 def read_torch_file(path: Path) -> Loaded:
-    """A ``torch.save``d state dict, or a dict holding one, loaded with ``weights_only=True``.
+    """A ``torch.save``d state dict, or a dict holding one (under ``state_dict``, ``model_state_dict`` or
+    ``model``), loaded with ``weights_only=True``.
 
     torch.load keeps the state dict's order, so ``in_order`` is True.
     """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise StoreError(
-            f"{path}: refused: the file holds pickled objects other than tensors "
-            f"(torch.load weights_only=True: {first}); re-save it as a plain state dict "
-            f"(torch.save(model.state_dict(), ...)) or as safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise StoreError(f"{path}: not a readable torch file ({type(exc).__name__}: {exc})") from None
-    meta: dict[str, float] = {}
-    if isinstance(obj, Mapping):
-        meta = _step_meta(obj)
-        for key in _NESTED_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise StoreError(f"{path}: expected a state dict (a mapping of names to tensors), found {type(obj).__name__}")
-    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise StoreError(f"{path}: entries {', '.join(bad[:5])} are not tensors; save model.state_dict() only")
-    return Loaded({str(k): v for k, v in obj.items()}, True, meta, files=[path])
+    data = read_linked_bytes(path)
+    obj = load_torch(path, data)
+    tensors, entry = state_dict_of(obj, path)
+    meta = _step_meta(obj) if isinstance(obj, Mapping) else {}
+    return Loaded(tensors, True, meta, files=[LinkedFile.of(path, data)], reader="torch", entry=entry)
 
 
 def _step_meta(obj: Mapping[str, Any]) -> dict[str, float]:
@@ -191,11 +181,14 @@ def _read_sharded(index: Path) -> Loaded:
         raise StoreError(f"{index}: shard(s) {', '.join(unlisted)} in the folder are missing from the index")
     tensors: dict[str, torch.Tensor] = {}
     where: dict[str, str] = {}
+    files: list[LinkedFile] = []
     for shard in shards:
         path = index.parent / shard
         if not path.is_file():
             raise StoreError(f"{index}: lists shard {shard}, which does not exist in {index.parent}")
-        for name, tensor in _read_safetensors(path).tensors.items():
+        loaded = _read_safetensors(path)
+        files += loaded.files
+        for name, tensor in loaded.tensors.items():
             if name in where:
                 raise StoreError(f"{path}: tensor {name!r} is also in shard {where[name]}; each belongs to one shard")
             if weight_map.get(name) != shard:
@@ -211,4 +204,4 @@ def _read_sharded(index: Path) -> Loaded:
     if absent:
         raise StoreError(f"{index}: tensor(s) {', '.join(absent[:5])} are listed but in no shard")
     ordered = {k: tensors[k] for k in weight_map}  # the index's order, which transformers writes sorted
-    return Loaded(ordered, False, files=[index, *(index.parent / s for s in shards)])
+    return Loaded(ordered, False, files=files)

@@ -21,6 +21,12 @@ given prefixes, e.g. Lightning's ``model.`` or DDP's ``module.``) and is
 stored in the module's own order, so a sorted-key safetensors file keeps the
 forward order.
 
+With ``link`` (``normdyn import --link``) nothing is copied: each row records
+the files it was read from (path, size, sha256), the torch dict entry and the
+prefixes stripped, and the tensor order (:class:`normdyn.core.linked.Link`);
+every read redoes that extraction from the hash-verified files. Each file is
+then read once.
+
 Layer order without a module or a spec's layer list: the layers are inferred
 from the order of the tensors, which is forward order only for a
 ``state_dict()`` (a torch file, or a safetensors file written by normdyn); a
@@ -45,6 +51,7 @@ import torch
 from normdyn.analyzers.checkpoint_layouts import Loaded, Source, discover, read_source
 from normdyn.core import plugins
 from normdyn.core.errors import ConfigError, NormdynError, StoreError
+from normdyn.core.linked import Link, LinkedFile, strip_prefixes
 from normdyn.core.store import INDEX, Run
 from normdyn.core.view import LAYER_ORDER_KEY, ORDER_FILE, ORDER_STATE_DICT, CheckpointView, RunContext, spec_layers
 
@@ -87,6 +94,14 @@ class _Candidate:
     keys: list[str]
     state_dict_order: bool
     epoch: float
+    files: tuple[LinkedFile, ...]  # how it was read, for a linked row: the files, ...
+    reader: str  # ... the reader ...
+    entry: str | None  # ... and the torch dict entry holding the state dict
+
+    def link(self, keys: Sequence[str], prefixes: Sequence[str]) -> Link:
+        """The record of this checkpoint linked in place, its tensors stored as ``keys``."""
+        source = str(self.source.path.resolve())
+        return Link(self.files, self.reader, tuple(keys), self.entry, tuple(prefixes), source)
 
 
 def step_from_name(path: Path) -> int:
@@ -195,8 +210,11 @@ def _check_arguments(run_id: str | None, P: int | None, seed: int | None) -> Non
 
 def _check_existing(run: Run, model_spec: Mapping[str, Any] | None, P: int | None, seed: int | None) -> None:
     """Refuse to extend ``run`` with attributes other than its own (they would be ignored silently)."""
-    stored = {k: v for k, v in run.model_spec.items() if k != LAYER_ORDER_KEY}
-    if model_spec is not None and json.dumps(dict(model_spec), sort_keys=True) != json.dumps(stored, sort_keys=True):
+
+    def comparable(spec: Mapping[str, Any]) -> str:  # the import adds a layer order to a spec without layers
+        return json.dumps({k: v for k, v in spec.items() if k != LAYER_ORDER_KEY}, sort_keys=True)
+
+    if model_spec is not None and comparable(model_spec) != comparable(run.model_spec):
         raise ConfigError(f"{run.path}: the run exists with another model spec; import into another --run-id")
     for name, given, have in (("P", P, run.P), ("seed", seed, run.seed)):
         if given is not None and given != have:
@@ -206,35 +224,29 @@ def _check_existing(run: Run, model_spec: Mapping[str, Any] | None, P: int | Non
 
 
 def _verified_reference(run: Run) -> tuple[str, Signature] | None:
-    """Verify every stored checkpoint of ``run`` (sha256, size, layout); return the first one's signature.
+    """Verify the stored checkpoints of ``run``; return the first one's path and signature.
 
-    A damaged run is not extended: StoreError naming each damaged file.
+    Copies and the first row are verified in full (sha256, size, layout); the
+    other linked rows by the size of their files only, so that extending a
+    large linked set does not read all of it (``normdyn store fsck`` hashes
+    them). A damaged run is not extended: StoreError naming each damaged file.
     """
     n = len(run)
     damaged = []
+    first = None
     for i in range(n):
         try:
-            run.checkpoint(i, verify=True)
+            link = run.link(i) if i else None
+            if link is None:
+                ck = run.checkpoint(i, verify=True)
+                first = first or (str(ck.path), _signature(ck.load_all()))
+            elif problems := link.problems(content=False):
+                damaged.append("; ".join(problems) + "; " + run.link_hint(int(run.checkpoints()["step"][i])))
         except StoreError as exc:
             damaged.append(str(exc))
     if damaged:
         raise StoreError(f"{run.path}: not extended, its stored checkpoints do not verify ({'; '.join(damaged)})")
-    if n == 0:
-        return None
-    return str(run.checkpoint(0, verify=False).path), _signature(run.load_state_dict(0))
-
-
-def strip_prefixes(tensors: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> dict[str, torch.Tensor]:
-    """``tensors`` with each key's leading ``prefixes`` removed, repeatedly (``model.module.x`` -> ``x``)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in tensors.items():
-        name = key
-        while prefix := next((p for p in prefixes if p and name.startswith(p)), None):
-            name = name[len(prefix) :]
-        if name in out:
-            raise StoreError(f"keys {key!r} and another both become {name!r} once prefixes are stripped")
-        out[name] = tensor
-    return out
+    return first
 
 
 def _names(keys: list[str]) -> str:
@@ -319,6 +331,7 @@ def import_checkpoints(
     module_state: Mapping[str, torch.Tensor] | None = None,
     module_label: str = "the model",
     prefixes: Sequence[str] = (),
+    link: bool = False,
 ) -> ImportResult:
     """Import the checkpoints of folder ``src`` (any layout of the module docstring) as run ``run_id`` of ``store``.
 
@@ -330,8 +343,9 @@ def import_checkpoints(
     order; ``prefixes`` are stripped from every key first. Checkpoints are
     imported in step order; one bad checkpoint is reported in ``errors`` and
     the rest go on. Each is read twice: once to check it, once to store it
-    (so nothing is stored before the run's layer order is known). ``P``
-    (default: unknown, stored as 0) must be positive.
+    (so nothing is stored before the run's layer order is known); with
+    ``link`` once, and the row records where the files are instead of a copy.
+    ``P`` (default: unknown, stored as 0) must be positive.
     """
     _check_arguments(run_id, P, seed)
     src = Path(src)
@@ -374,7 +388,8 @@ def import_checkpoints(
         reference = reference or (str(source.path), _signature(tensors))
         in_order = loaded.in_order or module_state is not None
         epoch = loaded.meta.get("epoch", float("nan"))
-        found.append(_Candidate(step, origin, source, list(tensors), in_order, epoch))
+        how = (tuple(loaded.files), loaded.reader, loaded.entry)
+        found.append(_Candidate(step, origin, source, list(tensors), in_order, epoch, *how))
     candidates = _dedup(found, src, result)
     if not candidates:
         return result
@@ -397,8 +412,11 @@ def import_checkpoints(
     keys = _stored_order(run, candidates)
     for c in candidates:
         try:
-            tensors = _prepared(read_source(c.source), module_state, module_label, prefixes)
-            run.append_checkpoint({k: tensors[k] for k in keys or c.keys}, step=c.step, epoch=c.epoch)
+            if link:
+                run.append_linked(c.link(keys or c.keys, prefixes), step=c.step, epoch=c.epoch)
+            else:
+                tensors = _prepared(read_source(c.source), module_state, module_label, prefixes)
+                run.append_checkpoint({k: tensors[k] for k in keys or c.keys}, step=c.step, epoch=c.epoch)
         except (StoreError, ConfigError, KeyError) as exc:
             result.errors.append(f"{c.source.path}: {exc}" if isinstance(exc, KeyError) else str(exc))
             continue

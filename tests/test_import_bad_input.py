@@ -387,8 +387,8 @@ def test_pickled_payloads_in_bin_and_ckpt_are_refused_and_never_run(tmp_path: Pa
     assert not marker.exists()  # weights_only refused the payload: os.system never ran
     assert code == 1
     assert lines[0].startswith(
-        f"error: {src / 'epoch=1-step=2.ckpt'}: refused: the file holds pickled objects other "
-        "than tensors (torch.load weights_only=True: "
+        f"error: {src / 'epoch=1-step=2.ckpt'}: refused: the file holds a pickled posix.system, which is not a "
+        "tensor, a plain container or a known-harmless type"
     )
     assert lines[1:] == [
         "steps from its global_step (1)",
@@ -402,7 +402,9 @@ def test_pickled_payloads_in_bin_and_ckpt_are_refused_and_never_run(tmp_path: Pa
     code, lines = _import(hf, tmp_path / "s")
     assert not marker.exists()
     assert code == 1
-    assert lines[0].startswith(f"error: {hf / 'checkpoint-20' / 'pytorch_model.bin'}: refused: the file holds pickled")
+    assert lines[0].startswith(
+        f"error: {hf / 'checkpoint-20' / 'pytorch_model.bin'}: refused: the file holds a pickled posix.system"
+    )
     assert lines[1:] == [
         "steps from the folder name (1)",
         f"{tmp_path / 's' / 'hf'}: 1 imported, 0 already present, 1 failed",

@@ -110,7 +110,7 @@ def test_pickled_objects_are_refused_never_executed(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     assert lines[0].startswith(f"error: {src / 'noise.pt'}: refused: ")  # torch reads garbage as a bad pickle
     assert lines[1].startswith(
-        f"error: {src / 'step_1.pt'}: refused: the file holds pickled objects other than tensors"
+        f"error: {src / 'step_1.pt'}: refused: the file holds a pickled getattr, which is not a tensor"
     )
     assert lines[2] == f"{tmp_path / 'store' / 'evil'}: 1 imported, 0 already present, 2 failed"
 

@@ -51,6 +51,13 @@ def _input_shape(ctx: click.Context, param: click.Parameter, value: str | None) 
     metavar="PREFIX",
     help="Remove PREFIX from the start of every key (Lightning's 'model.', DDP's 'module.'); repeatable.",
 )
+@click.option(
+    "--link",
+    "link",
+    is_flag=True,
+    help="Keep the checkpoint files where they are: the run records each file's absolute path, size and "
+    "sha256 instead of a copy; every read and `normdyn store fsck` verify them.",
+)
 @click.option("--dataset", "dataset", default=None, help="Dataset spec as a JSON object (for data measures).")
 @click.option(
     "--steps",
@@ -73,6 +80,7 @@ def import_cmd(
     kwargs: str | None,
     input_shape: tuple[int, ...] | None,
     prefixes: tuple[str, ...],
+    link: bool,
     dataset: str | None,
     steps_file: str | None,
     run_id: str | None,
@@ -83,7 +91,8 @@ def import_cmd(
 
     SRC holds checkpoint files (*.safetensors, *.pt, *.pth, *.bin, Lightning *.ckpt) with the step in
     their names, or one folder per step (checkpoint-500/, step1000/) holding model.safetensors,
-    pytorch_model.bin or shards with model.safetensors.index.json.
+    pytorch_model.bin or shards with model.safetensors.index.json. With --link nothing is copied:
+    the run reads your files in place (all shards of a sharded checkpoint), verifying their sha256.
     """
     from normdyn.analyzers.importer import import_checkpoints, read_json_object, read_model_spec
 
@@ -111,6 +120,7 @@ def import_cmd(
         P=P,
         seed=seed,
         prefixes=prefixes,
+        link=link,
         **options,
     )
     for line in result.errors:
