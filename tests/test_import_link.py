@@ -323,3 +323,28 @@ def test_linking_goes_on_past_a_bad_file(tmp_path: Path) -> None:
     assert lines[1] == f"{tmp_path / 'store' / 'r'}: 3 imported, 0 already present, 1 failed"
     run = Run(tmp_path / "store" / "r")
     assert [run.link(i).source for i in range(3)] == [str(p) for p in paths]  # type: ignore[union-attr]
+
+
+def test_fsck_repair_indexes_an_orphan_link_file(tmp_path: Path) -> None:
+    # what a crash between writing a linked row's metadata file and its index row leaves behind
+    paths = _write_pt(tmp_path / "mine")
+    full, partial = tmp_path / "full", tmp_path / "partial"
+    assert _import(tmp_path / "mine", full, "r", "--link")[0] == 0
+    (tmp_path / "two").mkdir()
+    for p in paths[:2]:
+        shutil.copy(p, tmp_path / "two" / p.name)
+    assert _import(tmp_path / "two", partial, "r", "--link")[0] == 0
+    orphan = "ckpt/step-0000000100.link.json"
+    shutil.copy(full / "r" / orphan, partial / "r" / orphan)
+    result = CliRunner().invoke(cli, ["store", "fsck", str(partial)])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == f"problem: {partial / 'r'}: 1 checkpoint file(s) not in the index: {orphan}"
+    result = CliRunner().invoke(cli, ["store", "fsck", str(partial), "--repair"])
+    assert (
+        result.output.splitlines()[0]
+        == f"repaired: {partial / 'r' / 'run.h5'}: indexed 1 orphan checkpoint(s): {orphan}"
+    )
+    run = Run(partial / "r")
+    assert list(run.checkpoints()["step"]) == list(STEPS)
+    assert run.link(2) == Run(full / "r").link(2)  # it reads the original file, where the orphan's record says
+    assert all(torch.equal(run.load_state_dict(2)[k], v) for k, v in _states()[2].items())
