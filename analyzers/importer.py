@@ -231,17 +231,16 @@ def _verified_reference(run: Run) -> tuple[str, Signature] | None:
     large linked set does not read all of it (``normdyn store fsck`` hashes
     them). A damaged run is not extended: StoreError naming each damaged file.
     """
-    n = len(run)
+    steps, links = run.checkpoints()["step"], run.links()
     damaged = []
     first = None
-    for i in range(n):
+    for i, link in enumerate(links):
         try:
-            link = run.link(i) if i else None
-            if link is None:
+            if link is None or i == 0:
                 ck = run.checkpoint(i, verify=True)
                 first = first or (str(ck.path), _signature(ck.load_all()))
             elif problems := link.problems(content=False):
-                damaged.append("; ".join(problems) + "; " + run.link_hint(int(run.checkpoints()["step"][i])))
+                damaged.append("; ".join(problems) + "; " + run.link_hint(int(steps[i])))
         except StoreError as exc:
             damaged.append(str(exc))
     if damaged:

@@ -228,10 +228,16 @@ def _check_rows(run: Run, table: dict[str, Any], found: dict[str, _Found], repor
     """Compare every indexed row with its file: presence, hash, size, step, run id, tensor layout; and
     every file a linked row reads with its record."""
     first = found.get(table["file"][0]) if len(table["file"]) else None
+    try:
+        links = run.links()
+    except StoreError as exc:
+        report.problems.append(str(exc))
+        links = [None] * len(table["file"])
     for i, rel in enumerate(table["file"]):
         path = run.path / rel
-        if str(table.get(LINK_COLUMN, [""] * (i + 1))[i]):
-            _check_linked(run, i, int(table["step"][i]), report)
+        link = links[i]
+        for problem in link.problems() if link is not None else []:  # each linked file is hashed
+            report.problems.append(f"{problem}; {run.link_hint(int(table['step'][i]))}")
         f = found.get(rel)
         if f is None:
             if not path.exists():
@@ -253,17 +259,6 @@ def _check_rows(run: Run, table: dict[str, Any], found: dict[str, _Found], repor
             )
         if first is not None and f.layout is not None and first.layout is not None and f.layout != first.layout:
             report.problems.append(_layout_problem(path, f.layout, run.path / first.file, first.layout))
-
-
-def _check_linked(run: Run, i: int, step: int, report: FsckReport) -> None:
-    """One problem line per file of linked row ``i`` that is missing or changed (each file is hashed)."""
-    try:
-        link = run.link(i)
-    except StoreError as exc:
-        report.problems.append(str(exc))
-        return
-    for problem in link.problems() if link is not None else []:
-        report.problems.append(f"{problem}; {run.link_hint(step)}")
 
 
 def _layout_problem(
@@ -338,7 +333,7 @@ def relink_run(run_dir: str | os.PathLike[str], folders: list[str | os.PathLike[
     """
     run = Run(run_dir)
     report = FsckReport(run.path)
-    links = {i: link for i in range(len(run)) if (link := run.link(i)) is not None}
+    links = {i: link for i, link in enumerate(run.links()) if link is not None}
     lost = {f.path: f for link in links.values() for f in link.files if f.problem(content=False)}
     if not lost:
         return report

@@ -474,9 +474,11 @@ class Run:
             self._check_like_first(ck, table)
         return ck
 
-    def link(self, i: int) -> Link | None:
-        """The link record of row ``i``, or None for a row stored as a copy."""
-        return self._link_of(self.checkpoints(), i)
+    def links(self) -> list[Link | None]:
+        """Per row its link record, or None for a row stored as a copy (every row of a run without
+        linked rows); a malformed record is a StoreError naming the index and the row."""
+        table = self.checkpoints()
+        return [self._link_of(table, i) for i in range(len(table["file"]))]
 
     def _link_of(self, table: Mapping[str, np.ndarray], i: int) -> Link | None:
         text = str(table[LINK_COLUMN][i]) if LINK_COLUMN in table else ""

@@ -135,7 +135,7 @@ def test_linked_import_measures_exactly_like_the_copy(tmp_path: Path, layout: st
     assert [p.name for p in sorted((store / "linked" / "ckpt").iterdir())] == [
         f"step-{s:010d}.link.json" for s in STEPS
     ]
-    link = linked.link(0)
+    link = linked.links()[0]
     assert link is not None and all(Path(f.path).is_absolute() and Path(f.path).is_file() for f in link.files)
     assert len(link.files) == (2 if layout == "sharded" else 1)  # a sharded checkpoint links every shard
     assert [f.size for f in link.files] == [os.path.getsize(f.path) for f in link.files]
@@ -166,7 +166,7 @@ def test_a_copied_run_has_no_link_column_and_reads_as_before(tmp_path: Path) -> 
     assert _import(src, tmp_path / "store", "copy")[0] == 0
     run = Run(tmp_path / "store" / "copy")
     assert LINK_COLUMN not in run.checkpoints()  # the format of stores written before --link existed
-    assert run.link(0) is None
+    assert run.links() == [None] * 3
 
 
 def test_extending_a_copied_run_with_linked_rows_keeps_the_copies(tmp_path: Path) -> None:
@@ -181,7 +181,7 @@ def test_extending_a_copied_run_with_linked_rows_keeps_the_copies(tmp_path: Path
     assert _import(first, store, "r")[0] == 0
     assert _import(later, store, "r", "--link")[0] == 0
     run = Run(store / "r")
-    assert [run.link(i) is None for i in range(3)] == [True, False, False]
+    assert [link is None for link in run.links()] == [True, False, False]
     assert list(run.checkpoints()[LINK_COLUMN])[0] == ""
     for i, sd in enumerate(_states()):
         assert all(torch.equal(run.load_state_dict(i)[k], v) for k, v in sd.items())
@@ -279,7 +279,7 @@ def test_relink_says_which_files_it_cannot_find(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(cli, ["store", "relink", str(run.path), str(tmp_path / "empty")])
     assert result.exit_code == 1
-    size = run.link(0).files[0].size  # type: ignore[union-attr]
+    size = run.links()[0].files[0].size  # type: ignore[union-attr]
     assert result.output.splitlines()[0].startswith(
         f"problem: {paths[0]}: linked file not found under {tmp_path / 'empty'} (no file of {size} bytes with sha256 "
     )
@@ -322,7 +322,7 @@ def test_linking_goes_on_past_a_bad_file(tmp_path: Path) -> None:
     assert lines[0].startswith(f"error: {src / 'ckpt_5.pt'}: refused: the file is not a torch file")
     assert lines[1] == f"{tmp_path / 'store' / 'r'}: 3 imported, 0 already present, 1 failed"
     run = Run(tmp_path / "store" / "r")
-    assert [run.link(i).source for i in range(3)] == [str(p) for p in paths]  # type: ignore[union-attr]
+    assert [link.source for link in run.links() if link is not None] == [str(p) for p in paths]
 
 
 def test_fsck_repair_indexes_an_orphan_link_file(tmp_path: Path) -> None:
@@ -346,5 +346,5 @@ def test_fsck_repair_indexes_an_orphan_link_file(tmp_path: Path) -> None:
     )
     run = Run(partial / "r")
     assert list(run.checkpoints()["step"]) == list(STEPS)
-    assert run.link(2) == Run(full / "r").link(2)  # it reads the original file, where the orphan's record says
+    assert run.links()[2] == Run(full / "r").links()[2]  # it reads the original file, where the orphan's record says
     assert all(torch.equal(run.load_state_dict(2)[k], v) for k, v in _states()[2].items())
