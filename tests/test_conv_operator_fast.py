@@ -1,0 +1,114 @@
+"""The pieces of the fast conv iteration: the transposed conv as the adjoint, the symbol start,
+the float32 iteration certified in float64, and CholeskyQR's fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from normdyn.core.layers import LayerSpec
+from normdyn.plugins.measures.conv_operator import (
+    CONV_TOL,
+    conv_forward,
+    dense_conv_norm,
+    gram_operator,
+    iterative_conv_norm,
+    symbol_start,
+)
+from normdyn.plugins.measures.top_singular import _orthonormal, operator_top_singular
+
+
+def _layer(in_shape: tuple[int, ...], stride: int, padding: int, dilation: int, cin: int, groups: int = 1) -> LayerSpec:
+    d = len(in_shape)
+    return LayerSpec(
+        name="conv",
+        kind=f"conv{d}d",
+        weight="conv.weight",
+        in_channels=cin,
+        in_shape=in_shape,
+        stride=(stride,) * d,
+        padding=(padding,) * d,
+        dilation=(dilation,) * d,
+        groups=groups,
+    )
+
+
+# (in_shape, kernel, stride, padding, dilation, groups): odd sizes with stride 2 need output padding
+ADJOINT_GEOMETRIES = [
+    ((9, 8), 3, 2, 1, 1, 1),
+    ((7, 7), 3, 3, 0, 1, 1),
+    ((8, 8), 3, 1, 2, 2, 1),
+    ((8, 6), 3, 2, 1, 1, 2),
+    ((11,), 3, 2, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("in_shape,k,stride,padding,dilation,groups", ADJOINT_GEOMETRIES)
+def test_the_transposed_conv_is_the_adjoint(
+    in_shape: tuple[int, ...], k: int, stride: int, padding: int, dilation: int, groups: int
+) -> None:
+    layer = _layer(in_shape, stride, padding, dilation, cin=4, groups=groups)
+    gen = torch.Generator().manual_seed(sum(in_shape) + k)
+    w = torch.randn(6, 4 // groups, *([k] * len(in_shape)), generator=gen, dtype=torch.float64)
+    fast, dim = gram_operator(layer, w)
+    plain, _ = gram_operator(layer, w, autograd=True)
+    x = torch.randn(dim, 3, generator=gen, dtype=torch.float64)
+    # the same linear map computed two ways in float64: equal to rounding (~1e-15 relative)
+    assert torch.allclose(fast(x), plain(x), rtol=1e-12, atol=1e-12)
+    y = conv_forward(layer, w)(x.T.reshape(3, 4, *in_shape))
+    # <A x, A x> = <x, A^T A x>, the adjoint identity, to float64 rounding
+    assert float((y * y).sum()) == pytest.approx(float((x * fast(x)).sum()), rel=1e-12)
+
+
+def test_the_symbol_start_lies_near_the_top_and_gives_the_same_norm() -> None:
+    layer = _layer((16, 16), 1, 1, 1, cin=8)
+    w = torch.randn(8, 8, 3, 3, generator=torch.Generator().manual_seed(5))
+    exact = dense_conv_norm(layer, w)  # dim 2048: the dense float64 Gram matrix, exact to rounding
+    start = symbol_start(layer, w, 16)
+    assert start is not None and start.shape == (2048, 16)
+    gram, _ = gram_operator(layer, w)
+    v = start[:, :1] / torch.linalg.vector_norm(start[:, 0])
+    # the plane wave under the box's lowest mode: its Rayleigh quotient is already near sigma_1^2
+    assert float(v.T @ gram(v)) >= 0.9 * exact**2
+    from_symbol, _ = iterative_conv_norm(layer, w)
+    random = torch.randn(2048, 16, generator=torch.Generator().manual_seed(1))
+    from_random, _ = iterative_conv_norm(layer, w, random)
+    # each is certified within CONV_TOL / 2 of sigma_1 (the bound is CONV_TOL on sigma_1^2)
+    assert from_symbol == pytest.approx(exact, rel=CONV_TOL / 2)
+    assert from_random == pytest.approx(exact, rel=CONV_TOL / 2)
+
+
+def test_the_symbol_start_is_only_for_stride_1_zero_padded_convs() -> None:
+    w = torch.randn(4, 4, 3, 3)
+    assert symbol_start(_layer((8, 8), 2, 1, 1, cin=4), w, 8) is None
+    assert symbol_start(_layer((8, 8), 1, 2, 2, cin=4), w, 8) is None
+
+
+def test_a_float32_iteration_is_finished_in_float64_where_its_rounding_cannot_certify() -> None:
+    # tol 1e-11 on sigma_1^2 is far below float32's rounding: the float64 step must take over
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.standard_normal((600, 600)))
+    s = np.concatenate([[3.0, 2.9], np.linspace(2.0, 0.1, 598)])
+    a64 = torch.tensor((u * s) @ u.T)
+    a32 = a64.float()
+    top = operator_top_singular(
+        lambda x: a32.T @ (a32 @ x),
+        600,
+        tol=1e-11,
+        dtype=torch.float32,
+        block_size=8,
+        krylov_depth=4,
+        apply_gram64=lambda x: a64.T @ (a64 @ x),
+    )
+    # the bound 1e-11 on sigma_1^2 gives 5e-12 on sigma_1 (plus float64 rounding of the matrix, ~1e-15)
+    assert top.sigma == pytest.approx(3.0, rel=5e-12 + 1e-14)
+
+
+def test_orthonormal_falls_back_to_householder_on_an_ill_conditioned_block() -> None:
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(2))
+    x[:, 1] = x[:, 0] + 1e-6 * x[:, 1]  # condition number ~1e6: X^T X is singular in float32
+    q = _orthonormal(x)
+    # orthonormal to float32 rounding (~1e-7 per entry), and spanning the block's columns
+    assert torch.allclose(q.T @ q, torch.eye(4), atol=1e-5)
+    assert torch.allclose(q @ (q.T @ x), x, atol=1e-4)
