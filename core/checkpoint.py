@@ -128,12 +128,14 @@ def read_file_bytes(path: Path) -> bytes:
         raise StoreError(f"{path}: cannot read the checkpoint file ({exc.strerror}); check its permissions") from None
 
 
-def _metadata_of(data: bytes) -> dict[str, str]:
-    # safetensors.torch.load returns the tensors only; the header it has just
-    # validated (length prefix, JSON object, string metadata) also holds __metadata__
+def _header_of(data: bytes) -> tuple[dict[str, str], list[str]]:
+    """The ``__metadata__`` and the tensor names in data-offset order (``safe_open``'s file order)."""
+    # safetensors.torch.load returns the tensors only, in an order of its own; the header it
+    # has just validated (length prefix, JSON object, string metadata) holds both
     (n,) = struct.unpack("<Q", data[:8])
-    meta = json.loads(data[8 : 8 + n]).get("__metadata__")
-    return dict(meta or {})
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    return dict(meta or {}), sorted(header, key=lambda k: header[k]["data_offsets"][0])
 
 
 class CheckpointFile:
@@ -173,7 +175,8 @@ class CheckpointFile:
             tensors = _st_load(data)
         except SafetensorError as exc:
             raise _damaged(Path(path), exc, len(data), data[:8]) from None
-        return cls.from_tensors(path, tensors, _metadata_of(data))
+        metadata, file_order = _header_of(data)
+        return cls.from_tensors(path, {k: tensors[k] for k in file_order}, metadata)
 
     @classmethod
     def from_tensors(
