@@ -15,6 +15,7 @@ import sys
 from collections import OrderedDict
 from pathlib import Path, PosixPath
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -348,3 +349,14 @@ def test_fsck_repair_indexes_an_orphan_link_file(tmp_path: Path) -> None:
     assert list(run.checkpoints()["step"]) == list(STEPS)
     assert run.links()[2] == Run(full / "r").links()[2]  # it reads the original file, where the orphan's record says
     assert all(torch.equal(run.load_state_dict(2)[k], v) for k, v in _states()[2].items())
+
+
+def test_a_malformed_link_record_is_named_by_reads_and_fsck(tmp_path: Path) -> None:
+    store, paths, run = _linked_pt_run(tmp_path)
+    with h5py.File(run.index, "r+") as f:
+        f[f"checkpoints/{LINK_COLUMN}"][1] = "{not json"
+    with pytest.raises(StoreError, match=rf"^{run.index} row 1: unusable link record \(JSONDecodeError: "):
+        run.checkpoint(1)
+    result = CliRunner().invoke(cli, ["store", "fsck", str(store)])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0].startswith(f"problem: {run.index} row 1: unusable link record")
