@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +92,7 @@ class Link:
     keys: tuple[str, ...]
     entry: str | None = None
     strip: tuple[str, ...] = ()
-    source: str = field(default="")
+    source: str = ""
 
     @property
     def sha256(self) -> str:
@@ -173,8 +173,7 @@ def state_dict_of(obj: Any, path: Path, entry: str | None | bool = True) -> tupl
     import torch
 
     if entry is True:
-        found = isinstance(obj, Mapping) and next((k for k in NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
-        entry = found or None
+        entry = next((k for k in NESTED_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), None)
     if isinstance(entry, str):
         if not isinstance(obj, Mapping) or not isinstance(obj.get(entry), Mapping):
             raise StoreError(f"{path}: no state dict under {entry!r}, where it was when the file was linked")
