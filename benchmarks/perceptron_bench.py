@@ -11,7 +11,7 @@ both sides):
   system in turn, one ``torch.mv`` for its margins and one for its gradient
   on its own rows, the step rule in Python floats.
 - ``batched``: :class:`normdyn.trainer.perceptron.BatchedDescent`, with each
-  of its kernels (``chunked-mv``, ``blocked-bmm``), as ``run_experiment``
+  of its kernels (``chunked-mv``, ``blocked-bmm``), as ``train_perceptrons``
   drives it (products, lambda, one host synchronisation, step).
 
 Each repeat runs every side once, in alternating order, so a change in the
@@ -38,13 +38,13 @@ import torch
 
 from normdyn.core import plugins
 from normdyn.core.sampling import subset_indices
-from normdyn.trainer.perceptron import KERNELS, BatchedDescent, PerceptronExperiment, default_kernel
+from normdyn.plugins.commands.perceptron_experiment import PerceptronExperiment
+from normdyn.trainer.perceptron import KERNELS, BatchedDescent, default_kernel
 
 
 def _data(exp: PerceptronExperiment, device: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per seed: the largest system's inputs x (P_max, N) and labels y (+-1), as run_experiment selects them."""
-    spec = exp.dataset_spec()
-    data = plugins.get("datasets", "teacher").load(**{k: v for k, v in spec.items() if k != "name"})
+    """Per seed: the largest system's inputs x (P_max, N) and labels y (+-1), as the engine selects them."""
+    data = plugins.get("datasets", "teacher").load(**exp.dataset_params())
     P_max = max(exp.P(a) for a in exp.alphas)
     xs, ys = [], []
     for seed in exp.seeds:
@@ -102,7 +102,7 @@ def _loop(
 def _batched(
     exp: PerceptronExperiment, xs: list[torch.Tensor], ys: list[torch.Tensor], steps: int, device: str, kernel: str
 ) -> tuple[float, list[torch.Tensor]]:
-    """BatchedDescent as run_experiment drives it: seconds, final v of every system."""
+    """BatchedDescent as train_perceptrons drives it: seconds, final v of every system."""
     Z = torch.stack([y.unsqueeze(1) * x for x, y in zip(xs, ys)])
     gd = BatchedDescent(
         Z,
@@ -118,7 +118,7 @@ def _batched(
     start = time.perf_counter()
     for _ in range(steps):
         gd.products(running)
-        gd.lam().cpu()  # run_experiment's one synchronisation per step (the stop test)
+        gd.lam().cpu()  # the engine's one synchronisation per step (the stop test)
         gd.step(moving)
     _sync(device)
     return time.perf_counter() - start, list(gd.V.reshape(-1, exp.N))

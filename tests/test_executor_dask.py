@@ -251,3 +251,18 @@ def test_sweep_and_analyze_commands_on_dask_store_the_same_as_local(tmp_path: Pa
     )
     assert _invoke(["analyze", store, "-q", *dask]) == "4 run(s): 0 computed, 20 skipped, 0 failed\n"
     assert _stored(tmp_path / "dask") == stored
+
+
+def test_perceptron_sweep_on_dask_stores_the_same_as_local(tmp_path: Path, scheduler: str) -> None:
+    """The perceptron engine's grid is one sweep task: on Dask it writes exactly the local runs."""
+    from normdyn.plugins.commands.perceptron_experiment import PerceptronExperiment
+
+    exp = PerceptronExperiment(N=30, alphas=(1.0, 2.0), seeds=(0, 1), steps=40, schedule="log:6", n_test=20)
+    config = tmp_path / "perceptron.toml"
+    config.write_text(exp.sweep_toml())
+    for name, executor in (("local", []), ("dask", ["--executor", "dask", "--scheduler", scheduler])):
+        out = _invoke(["sweep", str(config), "--store", str(tmp_path / name), "-q", *executor])
+        assert out.splitlines()[-1] == "4 runs: 4 trained, 0 resumed, 0 skipped, 0 failed"
+    stored = _stored(tmp_path / "dask")
+    assert sorted(stored) == sorted(c.run_id() for c in exp.configs(tmp_path))
+    assert stored == _stored(tmp_path / "local")

@@ -1,4 +1,4 @@
-"""The vectorised perceptron experiment, its plugins, and the ``normdyn perceptron`` command."""
+"""The perceptron engine, its plugins, and the ``normdyn perceptron`` command."""
 
 from __future__ import annotations
 
@@ -11,15 +11,23 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from normdyn.analyzers.analyze import analyze_store
+from normdyn.analyzers.fit.store_curves import store_curves
 from normdyn.analyzers.perceptron import theory as th
-from normdyn.analyzers.perceptron.analysis import curves_from_store, store_lambda_measure
 from normdyn.core import plugins
 from normdyn.core.cli import cli
 from normdyn.core.errors import ConfigError, DataError
 from normdyn.core.sampling import subset_indices
 from normdyn.core.schedule import parse_schedule
-from normdyn.core.store import list_runs
-from normdyn.trainer.perceptron import KERNELS, BatchedDescent, PerceptronExperiment, run_experiment
+from normdyn.core.store import Run, list_runs
+from normdyn.plugins.commands.perceptron_experiment import PerceptronExperiment
+from normdyn.trainer.perceptron import KERNELS, BatchedDescent, train_perceptrons
+
+
+def run_experiment(exp: PerceptronExperiment, store: Path, kernel: str | None = None) -> dict[str, int]:
+    """Train the grid of ``exp`` into ``store``; the last step of every run by run id."""
+    results = train_perceptrons(exp.configs(store), progress=False, kernel=kernel)
+    return {run.run_id: int(run.checkpoints()["step"][-1]) for run, _ in results}
 
 
 def _data_of(run: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,7 +98,7 @@ def test_batched_descent_matches_one_system_at_a_time(tmp_path: Path, kernel: st
     exp = PerceptronExperiment(
         N=40, alphas=(4.0, 0.5, 2.0, 1.0), seeds=(0, 1), steps=150, schedule="log:8", lam_stop=2.0, n_test=100
     )
-    summary = run_experiment(exp, tmp_path, kernel=kernel)
+    last_step = run_experiment(exp, tmp_path, kernel=kernel)
     stops = set()
     for run in list_runs(tmp_path):
         x, y, _ = _data_of(run)
@@ -98,7 +106,7 @@ def test_batched_descent_matches_one_system_at_a_time(tmp_path: Path, kernel: st
         expected = _reference_descent(torch.from_numpy(x), torch.from_numpy(y), alpha, exp)
         table = run.checkpoints()
         assert table["step"].tolist() == sorted(expected)
-        assert summary.steps[run.run_id] == max(expected)
+        assert last_step[run.run_id] == max(expected)
         for i, step in enumerate(table["step"]):
             v = run.load_state_dict(i)["fc.weight"].double().ravel() / math.sqrt(exp.N)
             assert torch.allclose(v, expected[int(step)], rtol=0, atol=1e-10), (run.run_id, int(step))
@@ -124,14 +132,17 @@ def test_gradient_descent_approaches_max_margin(tmp_path: Path) -> None:
 
 def test_store_format_measure_and_curves(tmp_path: Path) -> None:
     exp = PerceptronExperiment(N=50, alphas=(1.0, 2.0), seeds=(0, 1), steps=40, schedule="log:8")
-    summary = run_experiment(exp, tmp_path)
+    last_step = run_experiment(exp, tmp_path)
     runs = list_runs(tmp_path)
-    assert sorted(r.run_id for r in runs) == sorted(p.name for p in summary.runs)
+    assert sorted(r.run_id for r in runs) == sorted(last_step)
+    # ordinary runs: the id is the config hash, the config a TrainConfig's
+    assert {r.run_id for r in runs} == {c.run_id() for c in exp.configs(tmp_path)}
     configs = {json.dumps({k: v for k, v in r.config.items() if k not in ("P", "seed")}, sort_keys=True) for r in runs}
     assert len(configs) == 1  # one experiment: fits group the runs together
     assert {r.P for r in runs} == {50, 100}
     assert runs[0].model_spec["name"] == "perceptron" and runs[0].dataset["name"] == "teacher"
-    store_lambda_measure(runs)
+    summary = analyze_store(tmp_path, ["perceptron_lambda"])  # the ordinary analysis path
+    assert summary.run_errors == [] and all(not o.failures for o in summary.outcomes)
     for run in runs:
         rec = run.read_measure("perceptron_lambda")
         expected = [
@@ -139,10 +150,12 @@ def test_store_format_measure_and_curves(tmp_path: Path) -> None:
         ]
         assert rec.values == pytest.approx(expected, rel=1e-12)
         assert rec.values[0] == 0.0
-    curves = curves_from_store(runs)
-    assert all(len(c.log10_lambda) == len(runs[0]) - 1 for c in curves if c.P == runs[0].P and c.seed == runs[0].seed)
-    with pytest.raises(ConfigError, match="already exists"):
-        run_experiment(exp, tmp_path)
+    group, _ = store_curves(tmp_path, "perceptron_lambda")
+    # the zero initial weights (lambda = 0) have no logarithm: one point fewer than checkpoints
+    assert all(len(c.log10_lambda) == len(runs[0]) - 1 for c in group.curves)
+    # a second call trains nothing: every run is complete
+    again = train_perceptrons(exp.configs(tmp_path), progress=False)
+    assert [a for _, a in again] == ["skipped"] * 4
 
 
 def test_exact_test_error_matches_a_large_test_set() -> None:
@@ -166,6 +179,8 @@ def test_bad_inputs_name_the_value() -> None:
         plugins.get("models", "perceptron").spec(input_shape=(5,), num_classes=10)
     with pytest.raises(ConfigError, match="alphas"):
         PerceptronExperiment(alphas=(0.0,)).validate()
+    with pytest.raises(ConfigError, match="optimizer_params.max_rel_step=-1.0: must be a positive number"):
+        PerceptronExperiment(max_rel_step=-1.0).validate()
     for device in ("tpu", "meta", "cuda:x"):
         with pytest.raises(ConfigError, match=f"device='{device}': use cpu, cuda or cuda:K"):
             PerceptronExperiment(device=device).validate()
@@ -199,19 +214,28 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("gamma1 = ") and lines[1].startswith("gamma2 = ")
-    assert lines[-1] == f"report: {out / 'index.html'}"
-    for stem in ("eps_lambda", "collapse", "lambda_star", "eps_star"):
-        assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.svg").stat().st_size > 0
+    assert lines[-1] == f"report: {out / 'report' / 'index.html'}"
+    section = out / "report" / "store" / "perceptron_lambda"
+    for stem in ("perceptron-eps-lambda", "perceptron-collapse", "perceptron-lambda-star", "perceptron-eps-star"):
+        assert (section / f"fig-{stem}.png").stat().st_size > 0 and (section / f"fig-{stem}.svg").stat().st_size > 0
+    page = (out / "report" / "index.html").read_text()
+    assert "Perceptron: simulation and theory" in page and "eps_gibbs" in page
     summary = json.loads((out / "summary.json").read_text())
     assert summary["N"] == 60 and summary["alphas"] == [1.0, 2.0, 4.0]
     assert summary["gamma1"] == summary["fit"]["gamma1"]
+    theory = json.loads((section / "theory.json").read_text())
+    assert summary["gamma1_theory_same_fit"] == theory["same_fit"]["gamma1"] is not None
+    assert len(theory["alpha"]) == 3 and theory["N"] == 60
     assert len(list_runs(out / "store")) == 6
-    again = CliRunner().invoke(cli, args)
-    assert again.exit_code == 1
-    assert (
-        again.output.strip()
-        == f"Error: {out / 'store'} already holds runs; choose a new --out (nothing is overwritten)"
-    )
+    assert set(summary["runs"].values()) == {"trained"}
+    again = CliRunner().invoke(cli, args)  # the grid is complete: nothing is trained again, the report is rewritten
+    assert again.exit_code == 0, again.output
+    assert "runs: 0 trained, 0 resumed, 6 already complete" in again.output
+    assert json.loads((out / "summary.json").read_text())["gamma1"] == summary["gamma1"]
+    other = CliRunner().invoke(cli, [*args[:-1], "--N", "80", "--quiet"])
+    assert other.exit_code == 1
+    assert other.output.startswith(f"Error: {out / 'store'} holds runs of another experiment (perceptron-teacher-P")
+    assert other.output.rstrip().endswith("; choose a new --out (nothing is overwritten)")
     bad = CliRunner().invoke(cli, ["perceptron", "--out", str(tmp_path / "x"), "--alphas", "a,b"])
     assert bad.exit_code == 1
     assert bad.output.strip() == "Error: --alphas 'a,b': give comma-separated numbers, e.g. 0.5,1,2,4"

@@ -104,7 +104,7 @@ def test_every_problem_of_a_config_file_is_listed_once(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--store", str(tmp_path / "s")])
     assert result.exit_code == 1
     assert result.output.splitlines()[1:] == [
-        f"{cfg}: optimizer 'rmsprop': use one of adam, adamw, sgd",
+        f"{cfg}: optimizer 'rmsprop': use one of adam, adamw, sgd, gd-adaptive",
         f"{cfg}: P='100': must be a positive integer",
         f"{cfg}: steps=0: must be a positive integer",
         f"{cfg}: seed=-1: must be a non-negative integer",
@@ -138,7 +138,7 @@ def test_unknown_keys_come_with_the_other_problems(tmp_path: Path) -> None:
         ({"batch_size": 2.5}, "batch_size=2.5: must be a positive integer or 'full'"),
         ({"momentum": 1.0}, "momentum=1.0: must be in [0, 1)"),
         ({"weight_decay": -0.1}, "weight_decay=-0.1: must be >= 0"),
-        ({"optimizer": "rmsprop"}, "optimizer 'rmsprop': use one of adam, adamw, sgd"),
+        ({"optimizer": "rmsprop"}, "optimizer 'rmsprop': use one of adam, adamw, sgd, gd-adaptive"),
         ({"schedule": "at:7"}, "schedule 'at:7': schedule term 'at:7': [7] outside [0, 6]"),
         ({"schedule": "log:9"}, "schedule 'log:9': log:9 asks for 9 distinct points but the run has only 6"),
         ({"model_params": [4]}, "model_params must be a table/dict, got [4]"),
@@ -236,7 +236,11 @@ def test_a_misspelt_sweep_key_lists_the_valid_keys() -> None:
     message = _sweep_error({"train": {"epochs": 2}, "sweep": {"sede": [0, 1], "model_param.widths": [[3]]}})
     valid = ", ".join(sweep_keys())
     assert message == f"s.toml: [sweep]: unknown config key(s) sede, model_param.widths; valid sweep keys: {valid}"
-    assert "store" not in sweep_keys() and sweep_keys()[-2:] == ["model_params.NAME", "dataset_params.NAME"]
+    assert "store" not in sweep_keys() and sweep_keys()[-3:] == [
+        "model_params.NAME",
+        "dataset_params.NAME",
+        "optimizer_params.NAME",
+    ]
 
 
 def test_every_bad_grid_point_is_reported_once() -> None:

@@ -143,13 +143,19 @@ def read_toml_text(tmp_path: Path, text: str) -> dict[str, Any]:
     return read_toml(path)
 
 
-@pytest.mark.parametrize(
-    "name", ["cnn_mnist", "cnn_cifar10", "resnet_cifar10", "vit_cifar10", "mnist1d_sweep", "perceptron_sweep"]
-)
+@pytest.mark.parametrize("name", ["cnn_mnist", "cnn_cifar10", "resnet_cifar10", "vit_cifar10", "mnist1d_sweep"])
 def test_example_configs_expand(name: str) -> None:
     configs = expand_grid(read_toml(EXAMPLES / f"{name}.toml"), source=name)
     assert len(configs) >= 5 and all(c.schedule == "log:50" for c in configs)
     assert len({c.P for c in configs}) >= 5 and len({c.seed for c in configs}) == 5
+
+
+def test_perceptron_example_is_the_perceptron_command_grid(tmp_path: Path) -> None:
+    from normdyn.plugins.commands.perceptron_experiment import PerceptronExperiment
+
+    configs = expand_grid(read_toml(EXAMPLES / "perceptron_sweep.toml"), source="perceptron_sweep")
+    assert sorted(c.run_id() for c in configs) == sorted(c.run_id() for c in PerceptronExperiment().configs(tmp_path))
+    assert len(configs) == 18 and {c.optimizer for c in configs} == {"gd-adaptive"}
 
 
 def test_unreadable_sweep_file_is_named(tmp_path: Path) -> None:

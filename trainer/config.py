@@ -23,9 +23,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "read_toml", "RUN_ID_EXCLUDED"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "OPTIMIZER_PARAMS", "LATER_FIELDS", "read_toml", "RUN_ID_EXCLUDED"]
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "gd-adaptive")
+#: The keys ``optimizer_params`` may hold, per optimizer (``gd-adaptive``: the perceptron engine,
+#: normdyn.trainer.perceptron). The other optimizers take none.
+OPTIMIZER_PARAMS: dict[str, tuple[str, ...]] = {"gd-adaptive": ("safety", "max_rel_step", "lam_stop")}
+#: Fields added after the first store format, with the value that leaves a run as it was: they enter
+#: the run id only when set to something else, so every run id made before they existed stays valid.
+LATER_FIELDS: dict[str, Any] = {"optimizer_params": {}}
 # Fields that say where or how fast a run executes, not what it computes:
 # they do not enter the run id, so a run resumes on another device or data path,
 # and a seed trained in an ensemble is the same run as one trained alone.
@@ -43,8 +49,9 @@ class TrainConfig:
     epochs: int | None = None  # run length in epochs (set exactly one of epochs / steps)
     steps: int | None = None  # run length in optimizer steps; the schedule then counts steps
     schedule: str = "log:50"  # checkpoint points over epochs (or steps); 0 = initial weights
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-3  # learning rate (constant: the reference uses no schedule)
+    optimizer: str = "adam"  # adam | adamw | sgd | gd-adaptive (full-batch, perceptron engine)
+    lr: float = 1e-3  # learning rate (constant: the reference uses no schedule); gd-adaptive: the first step
+    # on v = w / sqrt(N)
     momentum: float = 0.9  # SGD momentum (sgd only; 0 = plain gradient descent)
     weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw) weight decay
     batch_size: int | str = 128  # samples per step, or "full" for full-batch gradient descent
@@ -58,6 +65,8 @@ class TrainConfig:
     eval_batch_size: int | None = None  # samples per forward pass of the checkpoint evaluations; None: 128 on
     # the CPU (cache-sized chunks ran 25 % faster), 2048 elsewhere
     ensemble: bool = False  # sweeps: train the seeds of one config together (torch.func)
+    optimizer_params: dict[str, Any] = field(default_factory=dict)  # gd-adaptive: safety (1/2), max_rel_step
+    # (0.05), lam_stop (stop once |w|/sqrt(N) >= lam_stop P/N; absent: run all steps)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
@@ -101,6 +110,7 @@ class TrainConfig:
         ]
         if self.optimizer not in OPTIMIZERS:
             out.append(f"optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        out += self._optimizer_param_problems()
         if (self.epochs is None) == (self.steps is None):
             out.append("set exactly one of epochs and steps (--epochs INT or --steps INT)")
         for key in ("P", "epochs", "steps", "eval_batch_size"):
@@ -122,7 +132,7 @@ class TrainConfig:
             out.append(f"momentum={self.momentum!r}: must be in [0, 1)")
         if self.batch_size != "full" and (not _is_int(self.batch_size) or self.batch_size < 1):  # type: ignore[operator]
             out.append(f"batch_size={self.batch_size!r}: must be a positive integer or 'full'")
-        for key in ("model_params", "dataset_params"):
+        for key in ("model_params", "dataset_params", "optimizer_params"):
             if not isinstance(getattr(self, key), dict):
                 out.append(f"{key} must be a table/dict, got {getattr(self, key)!r}")
         for key in ("store", "device"):
@@ -130,6 +140,31 @@ class TrainConfig:
                 out.append(f"{key}={getattr(self, key)!r}: must be a non-empty string")
         if self.data_root is not None and not isinstance(self.data_root, str):
             out.append(f"data_root={self.data_root!r}: must be a directory path (a string)")
+        return out
+
+    def _optimizer_param_problems(self) -> list[str]:
+        params = self.optimizer_params
+        if not isinstance(params, dict):
+            return []  # reported with the other tables
+        allowed = OPTIMIZER_PARAMS.get(self.optimizer, ())
+        out = []
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            takes = f"takes {', '.join(allowed)}" if allowed else "takes none"
+            out.append(f"optimizer_params {', '.join(unknown)}: optimizer {self.optimizer!r} {takes}")
+        for key in ("safety", "max_rel_step", "lam_stop"):
+            if key in params and key in allowed and (not _is_number(params[key]) or params[key] <= 0):
+                out.append(f"optimizer_params.{key}={params[key]!r}: must be a positive number")
+        if _is_number(params.get("safety")) and params["safety"] > 1:
+            out.append(f"optimizer_params.safety={params['safety']!r}: must be in (0, 1]")
+        if self.optimizer == "gd-adaptive":
+            # the engine's systems: one linear logit trained on the whole training set, without weight decay
+            if self.model != "perceptron":
+                out.append(f"optimizer 'gd-adaptive' trains model 'perceptron' only (got model {self.model!r})")
+            if self.batch_size != "full":
+                out.append(f"optimizer 'gd-adaptive' is full-batch: set batch_size='full' (got {self.batch_size!r})")
+            if self.weight_decay != 0:
+                out.append(f"optimizer 'gd-adaptive' has no weight decay (got weight_decay={self.weight_decay!r})")
         return out
 
     def _schedule_problems(self) -> list[str]:
@@ -160,8 +195,15 @@ class TrainConfig:
         return self
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define what the run computes (all but :data:`RUN_ID_EXCLUDED`)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUN_ID_EXCLUDED}
+        """The fields that define what the run computes (all but :data:`RUN_ID_EXCLUDED`).
+
+        A field of :data:`LATER_FIELDS` at its neutral value is left out, so run ids made before it existed hold.
+        """
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in RUN_ID_EXCLUDED and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+        }
 
     def run_id(self) -> str:
         """Deterministic id: ``MODEL-DATASET-P{P}-s{seed}-HASH`` (same config, same run directory)."""

@@ -146,9 +146,18 @@ def train(config: TrainConfig, *, progress: bool = True) -> Run:
     """Train a new run of ``config`` into ``config.store`` and return it.
 
     The run id is deterministic (:meth:`TrainConfig.run_id`); an existing run
-    of the same config is an error pointing at :func:`resume`.
+    of the same config is an error pointing at :func:`resume`. A
+    ``gd-adaptive`` config is trained by the perceptron engine, as a group of one.
     """
     check_store(config.validate().store)
+    if config.optimizer == "gd-adaptive":
+        path = Path(config.store) / config.run_id()
+        if (path / INDEX).exists():
+            raise StoreError(
+                f"{path}: this run already exists (status {Run(path).status}); "
+                f"continue it with `normdyn train --resume {path}`"
+            )
+        return _perceptron_engine(config, progress)
     t = prepare(config)
     path = Path(config.store) / config.run_id()
     if (path / INDEX).exists():
@@ -215,9 +224,18 @@ def resume(
         values["data_root"] = data_root
     source = f"{run.index} (config attribute)"
     config = TrainConfig.from_mapping(values, source=source).validate(source=source)
+    if config.optimizer == "gd-adaptive":
+        return _perceptron_engine(config, progress)
     t = prepare(config, model_spec=run.model_spec)
     run.set_status("running")
     return _execute(t, run, progress)
+
+
+def _perceptron_engine(config: TrainConfig, progress: bool) -> Run:
+    from normdyn.trainer.perceptron import train_perceptrons  # the engine stands on this module's helpers
+
+    ((run, _),) = train_perceptrons([config], progress=progress)
+    return run
 
 
 def train_or_resume(config: TrainConfig, *, progress: bool = True) -> tuple[Run, str]:

@@ -1,216 +1,124 @@
-"""The teacher-student perceptron experiment: every (seed, alpha) system
-trained together by full-batch gradient descent, written as ordinary runs.
+"""The perceptron engine: teacher-student perceptrons trained together by full-batch adaptive gradient descent.
 
-Each system is the ``perceptron`` model on P = alpha N samples of the
-``teacher`` dataset (the first P of the seed's permutation of the pool, as
+Every system is an ordinary run: a :class:`~normdyn.trainer.config.TrainConfig`
+with model ``perceptron``, optimizer ``gd-adaptive`` and batch size ``full``,
+its id the config hash, its checkpoints, metrics and resume state written in
+the store format by the same calls as the single-run loop
+(:mod:`normdyn.trainer.checkpointing`), so ``normdyn train``, ``normdyn train
+--resume``, ``normdyn sweep`` (local or Dask) and every analysis apply. The
+engine is to these runs what the ensemble is to seeds: :func:`train_perceptrons`
+trains the configs of one group (configs that differ in P and seed only) in one
+set of tensors; a config alone is a group of one.
+
+Each system is the ``perceptron`` model on the P samples of the seed (the
+first P of the seed's permutation of the pool, as
 :func:`normdyn.core.sampling.subset_indices` selects them, so the subsets of
-one seed are nested across alpha). Training minimises the mean logistic loss
+one seed are nested across P). Training minimises the mean logistic loss
 
     L(v) = (1/P) sum_mu log(1 + exp(-y_mu v.x_mu)),   v = w / sqrt(N),
 
 from v = 0, so lambda = |v| = |w|/sqrt(N) and the first step is the Hebb rule.
 
 Step size. In v the Hessian is (1/P) sum_mu sigma'(m_mu) x_mu x_mu^T, at most
-(1 + alpha^{-1/2})^2 / 4 at v = 0 and decaying like the loss once the data are
-separated; a constant step would crawl (lambda grows like log t). We use the
-parameter-free adaptive rule of Malitsky & Mishchenko (ICML 2020, Alg. 1):
+(1 + alpha^{-1/2})^2 / 4 at v = 0 (alpha = P/N) and decaying like the loss once
+the data are separated; a constant step would crawl (lambda grows like log t).
+The parameter-free adaptive rule of Malitsky & Mishchenko (ICML 2020, Alg. 1):
 
     eta_k = min( sqrt(1 + theta_{k-1}) eta_{k-1},  s |v_k - v_{k-1}| / |g_k - g_{k-1}| ),
-    theta_k = eta_k / eta_{k-1},  eta_0 = ``lr0``,  s = ``lr_safety`` (1/2 in the paper),
+    theta_k = eta_k / eta_{k-1},  eta_0 = ``lr``,  s = ``optimizer_params.safety`` (1/2 in the paper),
 
 so each step stays below s / (local curvature): plain gradient descent whose
 step follows the curvature. In addition a step may change v by at most the
-fraction ``max_rel_step`` of its norm (eta_k <= rho |v_k| / |g_k|, from step
-1 on), which keeps the log-spaced checkpoints dense in lambda while the step
-size ramps up. lambda then grows about linearly in steps where the loss is
-small, and the trajectory (the curve eps(lambda)) is the gradient flow's,
-time reparametrised. The equivalent step on w is N eta_k.
+fraction ``optimizer_params.max_rel_step`` of its norm (eta_k <= rho |v_k| /
+|g_k|, from step 1 on), which keeps the log-spaced checkpoints dense in lambda
+while the step size ramps up. The step sizes are on v (``lr`` is eta_0 on v,
+the same for every N); the equivalent step on w is N eta_k.
 
-A system stops once lambda >= ``lam_stop`` * alpha (the theory's
-lambda* is about 1.8 alpha, so the default 6 alpha is about 3.3 lambda*), or
-after ``steps`` steps; its last state is always checkpointed, and from then on
-its weights are frozen.
+A system stops once lambda >= ``optimizer_params.lam_stop`` * P/N (the
+theory's lambda* is about 1.8 alpha, so 6 is about 3.3 lambda*), or after
+``steps`` steps; its last state is always checkpointed, and from then on its
+weights are frozen.
 
-Vectorisation (:class:`BatchedDescent`). The state of all S x A systems is
-held in tensors: V, the gradients and the previous V and gradient as
-(S, A, N), the step sizes as (S, A); the step rule above is applied to all of
-them at once, masked to the systems still running, with one host
-synchronisation per step (the stop test). The inputs are stored once per seed
-as Z = y * X (S, P_max, N; y = +-1, so y (X v) = Z v exactly). Within a seed the
-training sets are nested: rows [P_{a-1}, P_a) of Z ("block a") are used by the
-alphas >= a, so the margins and gradients of all alphas need each block once,
-and no product is done on rows a system does not own. Two kernels evaluate
-these block products (``kernel``):
+Vectorisation (:class:`BatchedDescent`). The state of all S x A systems (S
+seeds, A sample sizes) is held in tensors: V, the gradients and the previous
+V and gradient as (S, A, N), the step sizes as (S, A); the step rule above is
+applied to all of them at once, masked to the systems still running, with one
+host synchronisation per step (the stop test). The inputs are stored once per
+seed as Z = y * X (S, P_max, N; y = +-1, so y (X v) = Z v exactly). Within a
+seed the training sets are nested: rows [P_{a-1}, P_a) of Z ("block a") are
+used by the sizes >= P_a, so the margins and gradients of all systems need each
+block once, and no product is done on rows a system does not own. Two kernels
+evaluate these block products (``kernel``; measured in docs/perceptron.md):
 
 - ``blocked-bmm`` (default on CUDA): per block, one ``bmm`` over the seed axis
-  for the margins of the alphas >= a and one for their gradient contribution:
+  for the margins of the sizes >= P_a and one for their gradient contribution:
   2 A kernel launches per step, whatever S.
 - ``chunked-mv`` (default on CPU): the blocks cut into chunks of about
   ``CHUNK_BYTES``; per chunk and running system, the margins (``mv``), the
   residuals and the gradient contribution (``addmv``) while the chunk is in
   cache, so Z is read from memory once per step instead of twice per system.
 
-Measured on the 2-core CPU (AMD EPYC, MKL, float64, N = 1000, alphas
-0.5..16, 3 seeds; ``benchmarks/perceptron_bench.py``): reading Z is
-memory-bound (one ``mv`` pass over a seed's 128 MB takes about 18 ms).
-``chunked-mv`` takes 127 ms per step on the whole grid against 210 ms for the
-former loop of one ``mv`` pair per system (1.55x), and 83 against 91 ms when
-only the largest alpha runs. ``blocked-bmm`` takes 354 ms there: thin ``bmm``
-and GEMM calls run slower than the same work as ``mv`` (MKL packs the large
-operand); a padded variant (one ``bmm`` of all A columns over all P_max rows,
-residuals masked) does 3x the arithmetic and took 558 ms against 138 ms.
-On a GPU a step's memory traffic takes well under a millisecond, so the
-fewest launches should win, hence ``blocked-bmm`` there; that choice is not
-measured yet (no GPU here): ``perceptron_bench.py --device cuda`` times both.
+Resume. At every schedule point a system's checkpoint is written, then its
+resume state (v, the previous v and gradient, eta and theta, exactly), so a
+run killed at any moment continues from a point whose weights are on disk.
+Systems of one group may resume from different steps: each waits, frozen,
+until the group's step reaches its own. On the CPU a resumed system's
+products are the uninterrupted run's, bit for bit, when the group is the same
+(``chunked-mv`` computes each system alone; a different group changes the
+chunk boundaries of the gradient's sum, hence its rounding).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from normdyn.core import plugins
-from normdyn.core.errors import ConfigError
+from normdyn.core.errors import ConfigError, StoreError
 from normdyn.core.sampling import subset_indices
-from normdyn.core.schedule import parse_schedule
-from normdyn.core.store import Run
+from normdyn.core.store import INDEX, Run
+from normdyn.trainer.checkpointing import Position, current_rng, read_resume, write_resume
+from normdyn.trainer.config import TrainConfig
+from normdyn.trainer.setup import (
+    ORDER_SEED_OFFSET,
+    dataset_spec,
+    load_data,
+    new_model_spec,
+    resolve_device,
+    step_plan,
+)
 
 __all__ = [
-    "PerceptronExperiment",
-    "ExperimentSummary",
     "BatchedDescent",
     "KERNELS",
+    "OPTIMIZER",
+    "DEFAULT_PARAMS",
     "default_kernel",
-    "run_experiment",
-    "run_id",
+    "check_group",
+    "group_key",
+    "train_perceptrons",
 ]
 
+#: The optimizer name of the configs this engine trains.
+OPTIMIZER = "gd-adaptive"
+#: ``optimizer_params`` a config leaves out (``lam_stop`` absent: every system runs all its steps).
+DEFAULT_PARAMS: dict[str, float] = {"safety": 0.5, "max_rel_step": 0.05}
 #: The block-product kernels of :class:`BatchedDescent` (module docstring).
 KERNELS = ("chunked-mv", "blocked-bmm")
 #: Chunk size of ``chunked-mv``: a few MB stay in the last-level cache between the two passes.
 CHUNK_BYTES = 4 << 20
 
 
-@dataclass
-class PerceptronExperiment:
-    """The grid and the optimiser of one perceptron experiment."""
-
-    N: int = 1000  # input dimension
-    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # loads alpha = P/N
-    seeds: tuple[int, ...] = (0, 1, 2)  # seeds: P-subset of the pool per run
-    inputs: str = "rademacher"  # rademacher (the paper) | gaussian
-    teacher_seed: int = 0  # one teacher and pool for the whole experiment
-    pool_factor: float = 2.0  # pool size n_train = pool_factor * max P
-    steps: int = 20000  # at most this many gradient steps per system
-    schedule: str = "log:60"  # checkpoint steps (normdyn.core.schedule)
-    lr0: float = 0.01  # first step size on v (small: the early norms are resolved)
-    lr_safety: float = 0.5  # s in eta_k <= s |dv| / |dg|
-    max_rel_step: float = 0.05  # rho in eta_k <= rho |v_k| / |g_k|
-    lam_stop: float = 6.0  # stop a system once lambda >= lam_stop * alpha
-    n_test: int = 1000  # test samples (the test loss; the test error is exact)
-    device: str = "cpu"  # where the systems are trained (cpu | cuda | cuda:K)
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded in the config, e.g. {"mode": "quick"}
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first bad value."""
-        if self.N < 2:
-            raise ConfigError(f"N={self.N}: the input dimension must be >= 2")
-        if not self.alphas or any(not (a > 0 and math.isfinite(a)) for a in self.alphas):
-            raise ConfigError(f"alphas={list(self.alphas)}: give positive loads, e.g. 0.5,1,2,4")
-        if len(set(self.alphas)) != len(self.alphas) or len(set(self.seeds)) != len(self.seeds) or not self.seeds:
-            raise ConfigError(f"alphas {list(self.alphas)} and seeds {list(self.seeds)} must be non-empty and distinct")
-        if len({self.P(a) for a in self.alphas}) != len(self.alphas) or min(self.P(a) for a in self.alphas) < 1:
-            raise ConfigError(
-                f"alphas {list(self.alphas)} give P = {[self.P(a) for a in self.alphas]} at N={self.N}: "
-                f"each P must be >= 1 and distinct; use a larger N"
-            )
-        if self.pool_factor < 1:
-            raise ConfigError(f"pool_factor={self.pool_factor}: the pool must hold at least the largest P")
-        if not (self.lr0 > 0 and 0 < self.lr_safety <= 1 and self.max_rel_step > 0 and self.lam_stop > 0):
-            raise ConfigError(
-                f"lr0={self.lr0}, lr_safety={self.lr_safety}, max_rel_step={self.max_rel_step}, "
-                f"lam_stop={self.lam_stop}: need lr0 > 0, 0 < lr_safety <= 1, max_rel_step > 0, "
-                f"lam_stop > 0"
-            )
-        parse_schedule(self.schedule, self.steps)
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise ConfigError(f"device={self.device!r}: use cpu, cuda or cuda:K") from None
-        if device.type not in ("cpu", "cuda"):
-            raise ConfigError(f"device={self.device!r}: use cpu, cuda or cuda:K")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(
-                f"device={self.device!r}: CUDA is not available here (torch.cuda.is_available() is False); use cpu"
-            )
-
-    def P(self, alpha: float) -> int:
-        """The number of samples at load alpha: round(alpha N)."""
-        return int(round(alpha * self.N))
-
-    def dataset_spec(self) -> dict[str, Any]:
-        """The ``teacher`` dataset spec shared by every run."""
-        n_train = int(math.ceil(self.pool_factor * max(self.P(a) for a in self.alphas)))
-        return {
-            "name": "teacher",
-            "N": self.N,
-            "inputs": self.inputs,
-            "n_train": n_train,
-            "n_test": self.n_test,
-            "teacher_seed": self.teacher_seed,
-        }
-
-    def run_config(self, P: int, seed: int) -> dict[str, Any]:
-        """The stored training config of one run (P and seed included, as the trainer stores them)."""
-        return {
-            "experiment": "perceptron",
-            "model": "perceptron",
-            "dataset": "teacher",
-            "P": P,
-            "seed": seed,
-            "N": self.N,
-            "inputs": self.inputs,
-            "teacher_seed": self.teacher_seed,
-            "loss": "logistic",
-            "optimizer": "gd-adaptive-mm",
-            "batch_size": "full",
-            "lr0": self.lr0,
-            "lr_safety": self.lr_safety,
-            "max_rel_step": self.max_rel_step,
-            "steps": self.steps,
-            "schedule": self.schedule,
-            "lam_stop": self.lam_stop,
-            "init": "zero",
-            "device": self.device,
-            **self.extra,
-        }
-
-
-@dataclass
-class ExperimentSummary:
-    """What a finished experiment produced: run directories, steps per run, wall time."""
-
-    runs: list[Path]
-    steps: dict[str, int]
-    wall_seconds: float
-    config: dict[str, Any]
-
-
-def run_id(alpha: float, seed: int) -> str:
-    """The run id of one system, e.g. ``perceptron-alpha0.5-seed0``."""
-    return f"perceptron-alpha{alpha:g}-seed{seed}"
-
-
 def default_kernel(device: str | torch.device) -> str:
-    """``chunked-mv`` on CPU, ``blocked-bmm`` elsewhere (measurements: module docstring)."""
+    """``chunked-mv`` on CPU, ``blocked-bmm`` elsewhere (measurements: docs/perceptron.md)."""
     return "chunked-mv" if torch.device(device).type == "cpu" else "blocked-bmm"
 
 
@@ -221,7 +129,9 @@ class BatchedDescent:
     counts; the state lives on ``Z``'s device. A round is :meth:`products`
     (margins and gradients at the current V of the systems in ``running``),
     then :meth:`step` (the adaptive step of the module docstring for the
-    systems in ``moving``; the others keep V, eta and theta unchanged).
+    systems in ``moving``; the others keep their state unchanged). A system
+    is ``fresh`` until its first step (which takes eta_0); :meth:`restore`
+    puts a resumed system's state back.
     """
 
     def __init__(
@@ -237,14 +147,14 @@ class BatchedDescent:
         dtype, device = Z.dtype, Z.device
         A = len(self.P)
         self.V = torch.zeros(S, A, N, dtype=dtype, device=device)
-        self.G = torch.zeros(
-            S, A, N, dtype=dtype, device=device
-        )  # sum_mu -y_mu x_mu sigma(-m_mu): P times the gradient
+        # sum_mu -y_mu x_mu sigma(-m_mu): P times the gradient
+        self.G = torch.zeros(S, A, N, dtype=dtype, device=device)
         self.M = torch.zeros(S, A, P_max, dtype=dtype, device=device)  # margins y_mu v.x_mu; row mu valid for mu < P[a]
         self.eta = torch.full((S, A), lr0, dtype=dtype, device=device)
         self.theta = torch.full((S, A), math.inf, dtype=dtype, device=device)
-        self.v_prev: torch.Tensor | None = None
-        self.g_prev: torch.Tensor | None = None
+        self.v_prev = torch.zeros_like(self.V)
+        self.g_prev = torch.zeros_like(self.V)
+        self.fresh = torch.ones(S, A, dtype=torch.bool, device=device)
         self._P = torch.tensor(self.P, dtype=dtype, device=device).reshape(1, A, 1)
         starts = [0, *self.P[:-1]]
         self.blocks = [(a, lo, hi) for a, (lo, hi) in enumerate(zip(starts, self.P))]
@@ -258,6 +168,24 @@ class BatchedDescent:
     def gradient(self) -> torch.Tensor:
         """The gradient of the mean loss at the current V, (S, A, N), from the last :meth:`products`."""
         return self.G / self._P
+
+    def state(self, s: int, a: int) -> dict[str, Any]:
+        """System (s, a)'s state between :meth:`products` and :meth:`step`: CPU copies (tensors) and ``fresh``."""
+        tensors = {
+            "v": self.V[s, a],
+            "v_prev": self.v_prev[s, a],
+            "g_prev": self.g_prev[s, a],
+            "eta": self.eta[s, a],
+            "theta": self.theta[s, a],
+        }
+        return {**{k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}, "fresh": bool(self.fresh[s, a])}
+
+    def restore(self, s: int, a: int, state: dict[str, Any]) -> None:
+        """Put back a :meth:`state` of system (s, a)."""
+        for key in ("v", "v_prev", "g_prev", "eta", "theta"):
+            target = {"v": self.V, "v_prev": self.v_prev, "g_prev": self.g_prev, "eta": self.eta, "theta": self.theta}
+            target[key][s, a] = state[key].to(self.V.device, self.V.dtype)
+        self.fresh[s, a] = bool(state["fresh"])
 
     def products(self, running: Sequence[Sequence[bool]]) -> None:
         """Fill the margins ``M`` and ``G`` of the systems ``running[s][a]`` (host booleans) at the current V."""
@@ -297,38 +225,105 @@ class BatchedDescent:
     def step(self, moving: torch.Tensor) -> None:
         """One gradient step of the systems ``moving`` (S, A bool on the device); the rest are frozen."""
         g = self.gradient()
-        if self.v_prev is not None and self.g_prev is not None:
-            dg = torch.linalg.vector_norm(g - self.g_prev, dim=-1)
-            dv = torch.linalg.vector_norm(self.V - self.v_prev, dim=-1)
-            curvature = torch.where(dg > 0, self.safety * dv / dg, math.inf)
-            g_norm = torch.linalg.vector_norm(g, dim=-1)
-            relative = torch.where(g_norm > 0, self.rho * self.lam() / g_norm, math.inf)
-            eta = torch.minimum(torch.minimum(torch.sqrt(1 + self.theta) * self.eta, curvature), relative)
-            self.theta = torch.where(moving, eta / self.eta, self.theta)
-            self.eta = torch.where(moving, eta, self.eta)
-        self.v_prev, self.g_prev = self.V, g
-        self.V = torch.where(moving.unsqueeze(-1), self.V - self.eta.unsqueeze(-1) * g, self.V)
+        dg = torch.linalg.vector_norm(g - self.g_prev, dim=-1)
+        dv = torch.linalg.vector_norm(self.V - self.v_prev, dim=-1)
+        curvature = torch.where(dg > 0, self.safety * dv / dg, math.inf)
+        g_norm = torch.linalg.vector_norm(g, dim=-1)
+        relative = torch.where(g_norm > 0, self.rho * self.lam() / g_norm, math.inf)
+        eta = torch.minimum(torch.minimum(torch.sqrt(1 + self.theta) * self.eta, curvature), relative)
+        adapt = moving & ~self.fresh  # a fresh system's first step takes eta_0
+        self.theta = torch.where(adapt, eta / self.eta, self.theta)
+        self.eta = torch.where(adapt, eta, self.eta)
+        self.fresh = self.fresh & ~moving
+        move = moving.unsqueeze(-1)
+        self.v_prev = torch.where(move, self.V, self.v_prev)
+        self.g_prev = torch.where(move, g, self.g_prev)
+        self.V = torch.where(move, self.V - self.eta.unsqueeze(-1) * g, self.V)
 
 
-def _checkpoint(
-    run: Run,
-    step: int,
-    v: torch.Tensor,
-    m: torch.Tensor,
-    y: torch.Tensor,
-    lr: float,
-    module: torch.nn.Module,
-    data: Any,
-    test: tuple[torch.Tensor, torch.Tensor],
-    writer: ThreadPoolExecutor,
-) -> Future[int]:
-    """Metrics now (the shared module is not thread-safe), the store write in ``writer``.
+def group_key(config: TrainConfig) -> str:
+    """What the configs of one engine group share: the run-id fields but P and seed."""
+    return json.dumps({k: v for k, v in config.identity().items() if k not in ("P", "seed")}, sort_keys=True)
 
-    ``v`` is the system's weight vector on v's scale, ``m`` its P margins,
-    ``y`` its P labels (+-1) and ``test`` the float64 test inputs and labels, all on the CPU.
-    """
-    w = (v * math.sqrt(len(v))).reshape(1, -1)
-    module.load_state_dict({"fc.weight": w})
+
+def check_group(configs: Sequence[TrainConfig]) -> None:
+    """The configs must be valid ``gd-adaptive`` configs of one group, on one device, each (P, seed) once."""
+    if not configs:
+        raise ConfigError("the perceptron engine needs at least one config")
+    for config in configs:
+        config.validate()
+        if config.optimizer != OPTIMIZER:
+            raise ConfigError(
+                f"{config.run_id()}: optimizer {config.optimizer!r}; the perceptron engine trains {OPTIMIZER!r} configs"
+            )
+    first = configs[0]
+    for config in configs[1:]:
+        if group_key(config) != group_key(first):
+            raise ConfigError(
+                f"{config.run_id()} and {first.run_id()} differ in more than P and seed; "
+                "the perceptron engine trains one group of configs at a time"
+            )
+        if (config.device, config.store) != (first.device, first.store):
+            raise ConfigError(
+                f"{config.run_id()}: device {config.device!r} and store {config.store!r} differ from "
+                f"{first.run_id()}'s ({first.device!r}, {first.store!r}); one group runs on one device into one store"
+            )
+    pairs = [(c.P, c.seed) for c in configs]
+    if len(set(pairs)) != len(pairs):
+        raise ConfigError(f"the group repeats a (P, seed): {sorted(pairs)}")
+
+
+@dataclass
+class _System:
+    """One config of the group: its run (None until created), action, start step and stored steps."""
+
+    config: TrainConfig
+    s: int  # seed index in the group's tensors
+    a: int  # P index
+    run: Run | None
+    action: str  # trained | resumed | skipped
+    start: int = 0  # the step it continues from
+    state: dict[str, Any] | None = None  # its resume state (None: a fresh start)
+    stored: set[int] | None = None
+    done: bool = False
+
+
+def _existing(config: TrainConfig, device: torch.device) -> tuple[Run | None, str, int, dict[str, Any] | None]:
+    """(run, action, start step, resume state) of ``config``'s run in its store, read and checked."""
+    path = Path(config.store) / config.run_id()
+    if not (path / INDEX).exists():
+        return None, "trained", 0, None
+    run = Run(path)
+    if run.status == "complete":
+        return run, "skipped", 0, None
+    point = read_resume(run, device)
+    if point is None:  # killed before its first resume state: it starts over (stored points are not rewritten)
+        return run, "resumed", 0, None
+    try:
+        entry = point.optimizer["state"][0]
+        state = {k: entry[k] for k in ("v", "v_prev", "g_prev", "eta", "theta")}
+        state["fresh"] = bool(entry["fresh"])
+        w = point.weights["fc.weight"].double().flatten()
+    except (KeyError, TypeError) as exc:
+        raise StoreError(
+            f"{path / 'resume' / 'latest.safetensors'}: not a perceptron engine's resume state (no {exc}); "
+            "train the config again into another store"
+        ) from None
+    N = w.numel()
+    ok = all(state[k].shape == (N,) for k in ("v", "v_prev", "g_prev")) and state["eta"].numel() == 1
+    if not ok or not torch.allclose(state["v"].double() * math.sqrt(N), w, rtol=1e-12, atol=0):
+        raise StoreError(
+            f"{path}: the resume state at step {point.at.step} does not match its checkpoint's weights; "
+            "train the config again into another store"
+        )
+    return run, "resumed", point.at.step, state
+
+
+def _metrics(
+    v: torch.Tensor, m: torch.Tensor, y: torch.Tensor, lr: float, module: torch.nn.Module, data: Any, test: Any
+) -> dict[str, float]:
+    """The checkpoint metrics of one system: ``v`` on v's scale, ``m`` its P margins, ``y`` its labels (+-1)."""
+    module.load_state_dict({"fc.weight": (v * math.sqrt(len(v))).reshape(1, -1)})
     with torch.no_grad():
         test_logit = module(test[0]).flatten()
         test_loss = (
@@ -337,139 +332,187 @@ def _checkpoint(
             else math.nan
         )
     logit = y * m  # y = +-1
-    metrics = {
+    return {
         "train_error": float(((logit > 0) != (y > 0)).double().mean()),
         "train_loss": float(torch.nn.functional.softplus(-m).mean()),
         "test_error": data.exact_test_error(module),
         "test_loss": test_loss,
         "lr": lr,
     }
-    return writer.submit(
-        run.append_checkpoint,
-        {"fc.weight": w},
-        step=step,
-        epoch=float(step),
-        samples_seen=step * len(m),
-        metrics=metrics,
-    )
 
 
-def run_experiment(
-    exp: PerceptronExperiment,
-    store: str | os.PathLike[str],
-    progress: Callable[[int, int], None] | None = None,
-    *,
-    kernel: str | None = None,
-) -> ExperimentSummary:
-    """Train every (seed, alpha) system of ``exp`` into ``store``; return the runs and timings.
+def _resume_tensors(state: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """The engine's state as an optimizer state dict (packed by the training core like any optimizer's)."""
+    tensors = {k: state[k] for k in ("v", "v_prev", "g_prev", "eta", "theta")}
+    group = {"lr": config.lr, **DEFAULT_PARAMS, **config.optimizer_params, "params": [0]}
+    return {"state": {0: {**tensors, "fresh": state["fresh"]}}, "param_groups": [group]}
 
-    ``progress(step, running)`` is called after every step. ``kernel`` picks
-    the block products (:data:`KERNELS`; default :func:`default_kernel` of
-    ``exp.device``): the results agree to rounding. Existing runs are never
-    overwritten: a run id already in ``store`` is an error.
+
+def train_perceptrons(
+    configs: Sequence[TrainConfig], *, progress: bool = True, kernel: str | None = None
+) -> list[tuple[Run, str]]:
+    """Train, resume or skip every config of one group together; (run, action) per config, in order.
+
+    Idempotent, like :func:`normdyn.trainer.loop.train_or_resume`: a complete
+    run is ``skipped``, an unfinished one ``resumed`` from its resume state, a
+    new one ``trained``. ``kernel`` picks the block products (:data:`KERNELS`;
+    default :func:`default_kernel` of the device): the results agree to
+    rounding. Everything is checked before a run is created; on an exception
+    every run still training is marked failed.
     """
-    exp.validate()
-    t0 = time.perf_counter()
-    spec = exp.dataset_spec()
-    data = plugins.get("datasets", "teacher").load(**{k: v for k, v in spec.items() if k != "name"})
-    family = plugins.get("models", "perceptron")
-    model_spec = family.spec(input_shape=(exp.N,), num_classes=2)
-    module = family.build(model_spec).double()
-    test = (data.x_test.double(), data.y_test.double())
-    points = set(parse_schedule(exp.schedule, exp.steps))
-    alphas = sorted(exp.alphas)
-    Ps = [exp.P(a) for a in alphas]
-    for seed in exp.seeds:
-        for alpha in alphas:
-            if (Path(store) / run_id(alpha, seed)).exists():
-                raise ConfigError(f"{Path(store) / run_id(alpha, seed)} already exists; choose an empty --out")
-    ys = []
-    Z = torch.empty(len(exp.seeds), Ps[-1], exp.N, dtype=torch.float64)
-    for s, seed in enumerate(exp.seeds):
-        idx = subset_indices(len(data.x_train), Ps[-1], seed)  # nested: P's samples are the first P of these
-        ys.append(data.y_train[idx].double() * 2 - 1)
-        torch.mul(ys[s].unsqueeze(1), data.x_train[idx].double(), out=Z[s])  # y = +-1: exact
-    runs = [
-        [
-            Run.create(
-                store,
-                run_id(alpha, seed),
-                config=exp.run_config(P, seed),
-                model_spec=model_spec,
-                dataset=spec,
-                P=P,
-                seed=seed,
+    from normdyn.trainer.loop import check_store, new_run  # the loop dispatches gd-adaptive configs here
+
+    configs = list(configs)
+    check_group(configs)
+    first = configs[0]
+    check_store(first.store)
+    device = resolve_device(first.device)
+    kernel = kernel or default_kernel(device)
+    if kernel not in KERNELS:
+        raise ConfigError(f"kernel={kernel!r}: use one of {', '.join(KERNELS)}")
+    data = load_data(first)
+    if int(data.num_classes) != 2:
+        raise ConfigError(f"dataset {first.dataset!r} has {data.num_classes} classes; a perceptron needs 2")
+    spec = new_model_spec(first, data)
+    N = math.prod(data.input_shape)
+    seeds = sorted({c.seed for c in configs})
+    Ps = sorted({c.P for c in configs})
+    systems = []
+    for c in configs:
+        run, action, start, state = _existing(c, device)
+        if run is not None and json.dumps(run.model_spec, sort_keys=True) != json.dumps(spec, sort_keys=True):
+            raise StoreError(
+                f"{run.path}: its model_spec is not the perceptron its config builds (N={N}); the run's files "
+                "changed: train the config again into another store"
             )
-            for alpha, P in zip(alphas, Ps)
-        ]
-        for seed in exp.seeds
-    ]
-    device = torch.device(exp.device)
+        systems.append(_System(c, seeds.index(c.seed), Ps.index(c.P), run, action, start, state))
+    idx = {s: subset_indices(len(data.x_train), Ps[-1], s) for s in seeds}  # P's samples: the first P of these
+    family = plugins.get("models", "perceptron")
+    module = family.build(spec).double()
+    test = (data.x_test.double().flatten(1), data.y_test.double())
+    params = {**DEFAULT_PARAMS, **first.optimizer_params}
+    _, _, total, schedule = step_plan(first)
+    points = set(schedule)
+    for system in systems:  # every check passed: the new runs are created now
+        if system.run is None:
+            system.run = new_run(system.config, spec, dataset_spec(first))
+        system.stored = {int(x) for x in system.run.checkpoints()["step"]}
+        if system.action == "resumed":
+            system.run.set_status("running")
+    active = [x for x in systems if x.action != "skipped"]
+    if active:
+        _descend(active, data, idx, Ps, N, params, first, total, points, module, test, device, kernel, progress)
+    return [(x.run, x.action) for x in systems]  # type: ignore[misc]
+
+
+def _descend(
+    systems: list[_System],
+    data: Any,
+    idx: dict[int, torch.Tensor],
+    Ps: list[int],
+    N: int,
+    params: dict[str, float],
+    config: TrainConfig,
+    total: int,
+    points: set[int],
+    module: torch.nn.Module,
+    test: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    kernel: str,
+    progress: bool,
+) -> None:
+    """The gradient descent of ``systems`` from the earliest start step to the end; writes every point."""
+    seeds = sorted(idx)
+    S, A = len(seeds), len(Ps)
+    ys = []
+    Z = torch.empty(S, Ps[-1], N, dtype=torch.float64)
+    for s, seed in enumerate(seeds):
+        ys.append(data.y_train[idx[seed]].double() * 2 - 1)
+        torch.mul(ys[s].unsqueeze(1), data.x_train[idx[seed]].double().flatten(1), out=Z[s])  # y = +-1: exact
     gd = BatchedDescent(
-        Z.to(device),
-        Ps,
-        lr0=exp.lr0,
-        safety=exp.lr_safety,
-        rho=exp.max_rel_step,
-        kernel=kernel or default_kernel(device),
+        Z.to(device), Ps, lr0=float(config.lr), safety=params["safety"], rho=params["max_rel_step"], kernel=kernel
     )
     del Z  # on a GPU, the host copy
-    lam_stop = exp.lam_stop * torch.tensor(alphas, dtype=torch.float64, device=device)
-    running = [[True] * len(alphas) for _ in exp.seeds]
-    steps = [[0] * len(alphas) for _ in exp.seeds]
+    for x in systems:
+        if x.state is not None:
+            gd.restore(x.s, x.a, x.state)
+    lam_stop = params.get("lam_stop")
+    stop_at = torch.full((S, A), math.inf, dtype=torch.float64, device=device)
+    if lam_stop is not None:
+        stop_at[:] = lam_stop * torch.tensor(Ps, dtype=torch.float64, device=device) / N
+    grid: dict[tuple[int, int], _System] = {(x.s, x.a): x for x in systems}
+    order = torch.Generator().manual_seed(config.seed + ORDER_SEED_OFFSET)  # full batch: never drawn from
+    t0 = min(x.start for x in systems)
+    bar = tqdm(
+        total=total,
+        initial=t0,
+        desc=f"perceptrons x{len(systems)}",
+        unit="step",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     # one writer thread: the index fsyncs overlap the next steps' products, in order per run
     writer = ThreadPoolExecutor(max_workers=1)
     pending: list[Future[Any]] = []
     try:
-        for step in range(exp.steps + 1):
+        for step in range(t0, total + 1):
+            running = [
+                [(s, a) in grid and grid[s, a].start <= step and not grid[s, a].done for a in range(A)]
+                for s in range(S)
+            ]
             gd.products(running)
             lam = gd.lam()
-            done = torch.full_like(lam, step == exp.steps, dtype=torch.bool) | ((lam >= lam_stop) & (step > 0))
+            done = torch.full_like(lam, step == total, dtype=torch.bool) | ((lam >= stop_at) & (step > 0))
             lam_host, done_host = torch.stack((lam, done.to(lam.dtype))).cpu().tolist()  # the one synchronisation
-            for s in range(len(exp.seeds)):
-                for a in range(len(alphas)):
-                    if not running[s][a]:
-                        continue
-                    if not math.isfinite(lam_host[s][a]):
-                        raise ConfigError(f"{runs[s][a].run_id}: the weights became non-finite at step {step}")
-                    if step in points or done_host[s][a]:
-                        pending.append(
-                            _checkpoint(
-                                runs[s][a],
-                                step,
-                                gd.V[s, a].cpu(),
-                                gd.M[s, a, : Ps[a]].cpu(),
-                                ys[s][: Ps[a]],
-                                float(gd.eta[s, a]),
-                                module,
-                                data,
-                                test,
-                                writer,
-                            )
+            for (s, a), x in grid.items():
+                if not running[s][a]:
+                    continue
+                run = x.run
+                assert run is not None and x.stored is not None
+                if not math.isfinite(lam_host[s][a]):
+                    raise ConfigError(f"{run.run_id}: the weights became non-finite at step {step}")
+                stop = bool(done_host[s][a])
+                if (step in points or stop) and step not in x.stored:
+                    v = gd.V[s, a].cpu()
+                    metrics = _metrics(
+                        v, gd.M[s, a, : Ps[a]].cpu(), ys[s][: Ps[a]], float(gd.eta[s, a]), module, data, test
+                    )
+                    weights = {"fc.weight": (v * math.sqrt(N)).reshape(1, -1)}
+                    pending.append(
+                        writer.submit(
+                            run.append_checkpoint,
+                            weights,
+                            step=step,
+                            epoch=float(step),
+                            samples_seen=step * Ps[a],
+                            metrics=metrics,
                         )
-                    if done_host[s][a]:
-                        pending.append(writer.submit(runs[s][a].set_status, "complete"))
-                        running[s][a] = False
-                    else:
-                        steps[s][a] += 1
-            n_running = sum(map(sum, running))
-            if n_running:
-                gd.step(torch.tensor(running, device=device))
-            if progress is not None:
-                progress(step, n_running)
-            if not n_running:
+                    )
+                    x.stored.add(step)
+                if stop:
+                    pending.append(writer.submit(run.set_status, "complete"))
+                    x.done = True
+                elif step in points and step > x.start:
+                    at = Position(step=step, samples_seen=step * Ps[a])
+                    state = _resume_tensors(gd.state(s, a), x.config)
+                    pending.append(writer.submit(write_resume, run, at, order, state, current_rng(device)))
+            for fut in [f for f in pending if f.done()]:
+                fut.result()  # a failed write stops the training here
+                pending.remove(fut)
+            moving = [[running[s][a] and not done_host[s][a] for a in range(A)] for s in range(S)]
+            if all(x.done for x in systems):
                 break
+            bar.update(1)
+            gd.step(torch.tensor(moving, device=device))
         for fut in pending:
             fut.result()
     except BaseException:
         writer.shutdown(wait=True)
-        for s in range(len(exp.seeds)):
-            for a in range(len(alphas)):
-                if running[s][a]:
-                    runs[s][a].set_status("failed")
+        for x in systems:
+            if not x.done and x.run is not None:
+                x.run.set_status("failed")
         raise
+    finally:
+        bar.close()
     writer.shutdown(wait=True)
-    flat = [(runs[s][a], steps[s][a]) for s in range(len(exp.seeds)) for a in range(len(alphas))]
-    return ExperimentSummary(
-        [r.path for r, _ in flat], {r.run_id: n for r, n in flat}, time.perf_counter() - t0, asdict(exp)
-    )

@@ -12,7 +12,9 @@ is continued by running it again.
 With ``ensemble`` set (``normdyn sweep --ensemble``), the grid points that
 differ only in seed form one task instead, run by :func:`run_ensemble_task`:
 their seeds train together (normdyn.trainer.ensemble), each into its own
-ordinary run, with the same skip and resume rules per run.
+ordinary run, with the same skip and resume rules per run. The points of a
+``gd-adaptive`` grid that differ only in P and seed always form one task, run
+by the perceptron engine (normdyn.trainer.perceptron), with the same rules.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from normdyn.core.executor import map_tasks
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.ensemble import train_ensemble_or_resume
 from normdyn.trainer.loop import train_or_resume
+from normdyn.trainer.perceptron import OPTIMIZER as PERCEPTRON_OPTIMIZER
+from normdyn.trainer.perceptron import group_key, train_perceptrons
 
 __all__ = [
     "expand_grid",
@@ -44,7 +48,7 @@ __all__ = [
     "run_sweep",
 ]
 
-_NESTED = ("model_params", "dataset_params")
+_NESTED = ("model_params", "dataset_params", "optimizer_params")
 # The store is where the whole sweep writes (``--store``), never a value of one run's config.
 _NOT_IN_FILE = ("store",)
 
@@ -137,15 +141,18 @@ def expand_grid(doc: Mapping[str, Any], *, source: str = "sweep config") -> list
 def ensemble_groups(configs: list[TrainConfig]) -> list[list[TrainConfig]]:
     """The configs grouped by everything in their run id but the seed, in order of first appearance.
 
-    Only configs with ``ensemble`` set are grouped; every other config is a group of its own.
+    Only configs with ``ensemble`` set are grouped; every other config is a group of its own, except
+    ``gd-adaptive`` configs: the perceptron engine takes every P and seed of one group (by
+    everything in their run id but P and seed, and by device).
     """
     groups: dict[str, list[TrainConfig]] = {}
     for i, config in enumerate(configs):
-        key = (
-            json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
-            if config.ensemble
-            else f"single-{i}"
-        )
+        if config.optimizer == PERCEPTRON_OPTIMIZER:
+            key = f"perceptron-{config.device}-{group_key(config)}"
+        elif config.ensemble:
+            key = json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
+        else:
+            key = f"single-{i}"
         groups.setdefault(key, []).append(config)
     return list(groups.values())
 
@@ -169,7 +176,16 @@ def sweep_tasks(
     threads = max(1, (os.cpu_count() or 1) // jobs) if executor == "local" and jobs > 1 else 0
     tasks = []
     for group in ensemble_groups([replace(c, store=store, device=device or c.device) for c in configs]):
-        if len(group) == 1:
+        if group[0].optimizer == PERCEPTRON_OPTIMIZER:
+            tasks.append(
+                {
+                    "configs": [asdict(c) for c in group],
+                    "engine": "perceptron",
+                    "progress": progress,
+                    "threads": threads,
+                }
+            )
+        elif len(group) == 1:
             tasks.append({"config": asdict(group[0]), "progress": progress, "threads": threads})
         else:
             tasks.append({"configs": [asdict(c) for c in group], "progress": progress, "threads": threads})
@@ -190,10 +206,13 @@ def run_sweep_task(task: Mapping[str, Any]) -> dict[str, str]:
 
 
 def run_ensemble_task(task: Mapping[str, Any]) -> list[dict[str, str]]:
-    """Run one ensemble task (its ``configs`` differ in seed only); one result dict per run, in order."""
+    """Run one ensemble or perceptron-engine task (``engine``); one result dict per run, in order."""
     _set_threads(task)
     configs = [TrainConfig.from_mapping(c, source="sweep task") for c in task["configs"]]
-    results = train_ensemble_or_resume(configs, progress=bool(task.get("progress", True)))
+    if task.get("engine") == "perceptron":
+        results = train_perceptrons(configs, progress=bool(task.get("progress", True)))
+    else:
+        results = train_ensemble_or_resume(configs, progress=bool(task.get("progress", True)))
     return [{"run_dir": str(run.path), "action": action, "run_id": run.run_id} for run, action in results]
 
 

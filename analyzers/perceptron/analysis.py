@@ -1,35 +1,37 @@
-"""The solvable model's analysis: the perceptron's lambda per checkpoint, its curves, the theory curves fitted alike.
+"""The solvable model's theory next to its runs: the fit options, the theory curves, the theory fitted alike.
 
-The experiment itself (training the (seed, alpha) grid, the report) is the
-``normdyn perceptron`` command in plugins/commands/; this module needs only
-stores and the fitting pipeline.
+The runs are ordinary runs (trained by the perceptron engine, measured by
+``perceptron_lambda``, fitted by the standard pipeline). What is particular
+to them is that the N -> infinity theory is known: :func:`theory_for` gives
+a report's context the fixed-norm curves and classical errors at the
+experiment's loads, and the standard fitters run on those curves with the
+simulation's window (:func:`theory_fit`), which the report sections of
+plugins/reports/perceptron_theory.py draw and tabulate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from normdyn.analyzers.fit.aggregate import MeanCurves, SeedCurve
+from normdyn.analyzers.fit.aggregate import MeanCurves
 from normdyn.analyzers.fit.pipeline import FitOptions, FitResult, fit_curves
 from normdyn.analyzers.perceptron import theory
-from normdyn.analyzers.report.perceptron import TheoryCurves
-from normdyn.core import plugins
-from normdyn.core.errors import ConfigError
-from normdyn.core.store import MeasureRecord, Run
-from normdyn.core.view import CheckpointView, RunContext
+from normdyn.core.errors import NormdynError
+from normdyn.core.store import Run
 
 __all__ = [
     "MEASURE",
     "LAW1_WINDOW",
     "LAW1_MIN_ALPHA",
-    "store_lambda_measure",
-    "curves_from_store",
+    "TheoryCurves",
+    "PerceptronTheory",
     "theory_curves",
     "theory_fit",
+    "theory_for",
     "fit_options",
 ]
 
@@ -40,6 +42,8 @@ LAW1_WINDOW = (0.05, 0.3)
 #: Both laws use alpha >= this: at smaller loads the window touches the Hebb
 #: plateau and the minimum is so flat that its argmin is mostly noise.
 LAW1_MIN_ALPHA = 4.0
+#: The theory curves reach lambda = this factor x alpha when the runs have no stopping rule.
+LAM_HI_FACTOR = 12.0
 
 
 def fit_options(alphas: Sequence[float], N: int) -> FitOptions:
@@ -51,38 +55,39 @@ def fit_options(alphas: Sequence[float], N: int) -> FitOptions:
     return FitOptions(window=LAW1_WINDOW, law1_min_P=P_min, law2_min_P=P_min)
 
 
-def store_lambda_measure(runs: list[Run]) -> None:
-    """Compute ``perceptron_lambda`` on every checkpoint and store it as ``analyze`` would."""
-    measure = plugins.get("measures", MEASURE)
-    owner = plugins.registry("measures").owners[MEASURE]
-    for run in runs:
-        context = RunContext.for_run(run)
-        table = run.checkpoints()
-        state: dict[str, Any] = {}
-        values = [measure.compute(CheckpointView.open(run.path / f, context), state) for f in table["file"]]
-        run.write_measure(
-            MEASURE,
-            MeasureRecord(
-                np.asarray(values, dtype=np.float64),
-                owner,
-                measure.version,
-                dict(measure.params),
-                [str(s) for s in table["sha256"]],
-            ),
-        )
+@dataclass
+class TheoryCurves:
+    """The theory at each alpha of the experiment."""
+
+    alphas: np.ndarray
+    curves: list[list[theory.FixedNormPoint]]  # eps(lambda; alpha) on a lambda grid, one list per alpha
+    optimum: list[theory.FixedNormPoint]  # lambda*(alpha), eps*(alpha)
+    eps_hebb: np.ndarray
+    eps_gibbs: np.ndarray
+    eps_bayes: np.ndarray
+    eps_max_stability: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        """The per-alpha theory values (the curves are in the figures, not repeated here)."""
+        return {
+            "alpha": self.alphas.tolist(),
+            "lambda_star": [p.lam for p in self.optimum],
+            "eps_star": [p.eps for p in self.optimum],
+            "eps_hebb": self.eps_hebb.tolist(),
+            "eps_gibbs": self.eps_gibbs.tolist(),
+            "eps_bayes": self.eps_bayes.tolist(),
+            "eps_max_stability": self.eps_max_stability.tolist(),
+        }
 
 
-def curves_from_store(runs: list[Run]) -> list[SeedCurve]:
-    """(P, seed, log10 lambda, eps) per run; the zero initial weights (lambda = 0) have no log and are left out."""
-    curves = []
-    for run in runs:
-        lam = run.read_measure(MEASURE)
-        if lam is None:
-            raise ConfigError(f"{run.path}: measure {MEASURE!r} is not stored")
-        eps = np.asarray(run.checkpoints()["test_error"], dtype=np.float64)
-        keep = np.isfinite(lam.values) & (lam.values > 0) & np.isfinite(eps)
-        curves.append(SeedCurve(run.P, run.seed, np.log10(lam.values[keep]), eps[keep], source=str(run.path)))
-    return curves
+@dataclass
+class PerceptronTheory:
+    """What a report of perceptron runs adds: N, the theory at the runs' loads, and its fit (None if it failed)."""
+
+    N: int
+    curves: TheoryCurves
+    fit: FitResult | None
+    fit_error: str | None = None
 
 
 def theory_curves(alphas: list[float], lam_lo: float, lam_hi_factor: float, n: int = 30) -> TheoryCurves:
@@ -120,3 +125,33 @@ def theory_fit(th: TheoryCurves, sim: FitResult, N: int) -> FitResult:
         "fixed-norm theory",
     )
     return fit_curves(mean, options=replace(sim.options, window=sim.window))
+
+
+def theory_for(measure: str, runs: Sequence[Any], fit: FitResult | None) -> PerceptronTheory | None:
+    """The theory of a report's runs when they are the teacher-student perceptron measured by lambda, else None.
+
+    ``runs`` are the report's runs (anything with ``path`` and ``P``). They
+    qualify when ``measure`` is ``perceptron_lambda`` and every run is a
+    ``perceptron`` model on ``teacher`` data; the loads are P/N, the lambda
+    range reaches twice the runs' stopping norm (``optimizer_params.lam_stop``).
+    """
+    if measure != MEASURE or not runs:
+        return None
+    stored = [Run(r.path) for r in runs]
+    models = {run.model_spec.get("name") for run in stored}
+    datasets = {run.dataset.get("name") for run in stored}
+    if models != {"perceptron"} or datasets != {"teacher"}:
+        return None
+    Ns = {int(run.model_spec["N"]) for run in stored}
+    if len(Ns) != 1:
+        return None
+    (N,) = Ns
+    lam_stop = stored[0].config.get("optimizer_params", {}).get("lam_stop")
+    alphas = sorted({r.P / N for r in runs})
+    curves = theory_curves(alphas, lam_lo=1e-3, lam_hi_factor=2 * lam_stop if lam_stop else LAM_HI_FACTOR)
+    if fit is None:
+        return PerceptronTheory(N, curves, None, "the simulation's fit failed: the theory is not fitted")
+    try:
+        return PerceptronTheory(N, curves, theory_fit(curves, fit, N))
+    except NormdynError as exc:
+        return PerceptronTheory(N, curves, None, str(exc))

@@ -20,6 +20,7 @@ import numpy as np
 
 from normdyn.analyzers.fit.pipeline import FitResult, fit_store
 from normdyn.analyzers.fit.store_curves import store_curves
+from normdyn.analyzers.perceptron.analysis import PerceptronTheory, theory_for
 from normdyn.core.errors import NormdynError
 from normdyn.core.store import METRIC_COLUMNS, Run
 
@@ -82,7 +83,9 @@ class ReportContext:
     ``runs`` are the runs of the fitted experiment, sorted by (P, seed);
     ``fit`` is the :class:`FitResult` (None if the fit failed, then
     ``fit_error`` holds the message); ``fit_json`` is ``fit.to_json()``, the
-    content of ``results.json``; ``notes`` lists runs that were skipped.
+    content of ``results.json``; ``notes`` lists runs that were skipped;
+    ``theory`` is the known theory of the runs where there is one (the
+    teacher-student perceptron measured by ``perceptron_lambda``), else None.
     """
 
     store: Path
@@ -94,6 +97,7 @@ class ReportContext:
     experiment: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     colors: dict[int, str] = field(default_factory=dict)
+    theory: PerceptronTheory | None = None
 
     @property
     def P_values(self) -> list[int]:
@@ -137,4 +141,8 @@ def load_context(
         Path(store), measure, runs, fit, fit_error, None if fit is None else fit.to_json(), group.config, notes
     )
     ctx.colors = p_palette(ctx.P_values)
+    try:
+        ctx.theory = theory_for(measure, runs, fit)
+    except NormdynError as exc:  # the theory is an extra: without it the report is still whole
+        ctx.notes.append(f"theory not computed: {exc}")
     return ctx

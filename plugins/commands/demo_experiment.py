@@ -4,8 +4,8 @@
 
 1. a P x seed sweep of a small network on MNIST-1D (generated locally, cached
    under ``OUT/data``) into ``OUT/stores/mnist1d``;
-2. the teacher-student perceptron (:mod:`normdyn.trainer.perceptron`) into
-   ``OUT/stores/perceptron``;
+2. the teacher-student perceptron grid (ordinary runs on the perceptron
+   engine, :mod:`normdyn.trainer.perceptron`) into ``OUT/stores/perceptron``;
 3. the default measures on every checkpoint (``normdyn analyze``);
 4. both laws fitted and the report written to ``OUT/report/index.html``.
 
@@ -27,9 +27,9 @@ from normdyn.analyzers.perceptron.analysis import fit_options
 from normdyn.analyzers.report.build import ReportSummary, build_report
 from normdyn.core.errors import ConfigError, NormdynError
 from normdyn.core.schedule import log_points
-from normdyn.plugins.commands.perceptron import perceptron_experiment
+from normdyn.plugins.commands.perceptron_experiment import PerceptronExperiment, perceptron_experiment
 from normdyn.trainer.config import TrainConfig
-from normdyn.trainer.perceptron import PerceptronExperiment, run_experiment
+from normdyn.trainer.perceptron import train_perceptrons
 from normdyn.trainer.sweep import run_sweep
 
 __all__ = ["DemoPlan", "DemoResult", "demo_plan", "perceptron_schedule", "run_demo", "EXPONENT_KEYS"]
@@ -87,7 +87,6 @@ def demo_plan(*, quick: bool = False, seed: int = 0) -> DemoPlan:
         seeds=seeds,
         teacher_seed=seed,
         schedule=perceptron_schedule(30, quick_exp.steps),
-        extra={"mode": "demo"},
     )
     fit: dict[str, Any] = {}  # the automatic law-1 window, every P
     if quick:
@@ -98,7 +97,6 @@ def demo_plan(*, quick: bool = False, seed: int = 0) -> DemoPlan:
             seeds=seeds[:2],
             steps=1500,
             schedule=perceptron_schedule(20, 1500),
-            extra={"mode": "demo-quick"},
         )
         return DemoPlan(P=(250, 1000, 4000), seeds=seeds[:2], train=train, perceptron=perceptron, fit=fit)
     return DemoPlan(
@@ -185,9 +183,8 @@ def run_demo(
         f"training {len(exp.alphas) * len(exp.seeds)} perceptrons (N = {exp.N}, alpha = "
         f"{', '.join(f'{a:g}' for a in exp.alphas)}) ..."
     )
-    stores["perceptron"].mkdir(parents=True, exist_ok=True)
     try:
-        run_experiment(exp, stores["perceptron"])
+        train_perceptrons(exp.configs(stores["perceptron"]), progress=False)
     except NormdynError as exc:
         failures.append(f"perceptron: {exc}")
     # In this process: forking workers after torch has run its thread pool here can deadlock them.

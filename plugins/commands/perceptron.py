@@ -1,44 +1,30 @@
 """``normdyn perceptron``: the solvable model in one command.
 
-Trains the (seed, alpha) grid (:mod:`normdyn.trainer.perceptron`) into
-``OUT/store``, stores the measure ``perceptron_lambda`` of every checkpoint,
-fits both laws with the standard fitters, fits the theory curves with the
-same fitters and window (:mod:`normdyn.analyzers.perceptron.analysis`), and
-writes the report (:mod:`normdyn.analyzers.report.perceptron`) into ``OUT``.
+Trains the (seed, alpha) grid (:mod:`normdyn.plugins.commands.perceptron_experiment`,
+ordinary runs on the perceptron engine) into ``OUT/store``, or continues it
+there, stores the measure ``perceptron_lambda`` of every checkpoint as
+``normdyn analyze`` does, and writes the standard report into ``OUT/report`` with
+the perceptron's window; its theory sections
+(plugins/reports/perceptron_theory.py) add the N -> infinity curves.
+``OUT/summary.json`` holds the exponents, the theory fitted alike, timings
+and the grid.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from normdyn.core.errors import ConfigError
 from normdyn.core.table import format_value_error
+from normdyn.plugins.commands.perceptron_experiment import perceptron_experiment
 
-if TYPE_CHECKING:  # pragma: no cover - the trainer (torch) loads only when the command runs
-    from normdyn.trainer.perceptron import PerceptronExperiment
-
-__all__ = ["perceptron_experiment", "perceptron_command"]
-
-
-def perceptron_experiment(quick: bool) -> PerceptronExperiment:
-    """The quick experiment (well under 2 minutes on 2 cores) or the default one (about 4 minutes)."""
-    from normdyn.trainer.perceptron import PerceptronExperiment
-
-    if quick:
-        return PerceptronExperiment(
-            N=200,
-            alphas=(1.0, 2.0, 4.0, 8.0, 16.0),
-            seeds=(0, 1, 2),
-            steps=4000,
-            schedule="log:30",
-            extra={"mode": "quick"},
-        )
-    return PerceptronExperiment(extra={"mode": "full"})
+__all__ = ["perceptron_command"]
 
 
 @click.command("perceptron")
@@ -48,7 +34,7 @@ def perceptron_experiment(quick: bool) -> PerceptronExperiment:
     type=click.Path(file_okay=False),
     default="perceptron-report",
     show_default=True,
-    help="Output directory (must not hold a previous store): OUT/store and the report.",
+    help="Output directory: OUT/store (the runs; an interrupted grid is continued), OUT/report, OUT/summary.json.",
 )
 @click.option("--quick", is_flag=True, help="A small experiment (N=200, alpha 1..16, 3 seeds): under 2 minutes.")
 @click.option("--N", "N", type=int, default=None, help="Override the input dimension.")
@@ -76,20 +62,12 @@ def perceptron_command(
     device: str | None,
     quiet: bool,
 ) -> None:
-    """Train the teacher-student perceptron, fit both laws, compare with theory, write a report."""
-    from tqdm import tqdm
-
-    from normdyn.analyzers.fit.pipeline import fit_curves
-    from normdyn.analyzers.perceptron.analysis import (
-        curves_from_store,
-        fit_options,
-        store_lambda_measure,
-        theory_curves,
-        theory_fit,
-    )
-    from normdyn.analyzers.report.perceptron import write_report
-    from normdyn.core.store import list_runs
-    from normdyn.trainer.perceptron import run_experiment
+    """Train (or continue) the teacher-student perceptron, fit both laws, compare with theory, write a report."""
+    from normdyn.analyzers.analyze import analyze_store
+    from normdyn.analyzers.perceptron.analysis import MEASURE, fit_options
+    from normdyn.analyzers.report.build import build_report
+    from normdyn.core.atomic import write_bytes_atomic
+    from normdyn.trainer.perceptron import train_perceptrons
 
     exp = perceptron_experiment(quick)
     changes: dict[str, Any] = {}
@@ -104,41 +82,37 @@ def perceptron_command(
         if seeds < 1:
             raise ConfigError(f"--seeds {seeds}: need at least one seed")
         changes["seeds"] = tuple(range(seeds))
-    if steps is not None:
-        changes["steps"] = steps
-    if inputs is not None:
-        changes["inputs"] = inputs
-    if schedule is not None:
-        changes["schedule"] = schedule
-    if device is not None:
-        changes["device"] = device
+    for key, value in (("steps", steps), ("inputs", inputs), ("schedule", schedule), ("device", device)):
+        if value is not None:
+            changes[key] = value
     exp = replace(exp, **changes)
     exp.validate()
     out_dir = Path(out)
     store = out_dir / "store"
-    if store.exists() and any(store.iterdir()):
-        raise ConfigError(f"{store} already holds runs; choose a new --out (nothing is overwritten)")
+    configs = exp.configs(store)
+    _refuse_other_runs(store, {c.run_id() for c in configs})
     t0 = time.perf_counter()
-    bar = None if quiet else tqdm(total=exp.steps, desc="gradient descent", unit="step")
-
-    def progress(step: int, active: int) -> None:
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(active=active)
-
-    summary = run_experiment(exp, store, progress)
-    if bar is not None:
-        bar.close()
+    results = train_perceptrons(configs, progress=not quiet)
     t_train = time.perf_counter()
-    runs = list_runs(store)
-    store_lambda_measure(runs)
-    sim = fit_curves(curves_from_store(runs), options=fit_options(exp.alphas, exp.N))
-    t_fit = time.perf_counter()
-    th = theory_curves(list(exp.alphas), lam_lo=1e-3, lam_hi_factor=2 * exp.lam_stop)
-    th_fit = theory_fit(th, sim, exp.N)
-    t_theory = time.perf_counter()
-    j, tj = sim.to_json(), th_fit.to_json()
-    extra = {
+    analysis = analyze_store(store, [MEASURE], progress=not quiet)
+    problems = analysis.run_errors + [f for o in analysis.outcomes for f in o.failures]
+    if problems:
+        raise ConfigError(f"{store}: {MEASURE} failed on some checkpoints: " + "; ".join(problems[:3]))
+    t_analyze = time.perf_counter()
+    report = build_report(
+        [str(store)],
+        out_dir / "report",
+        measures=[MEASURE],
+        fit_kwargs={"options": fit_options(exp.alphas, exp.N)},
+        command_line=f"normdyn perceptron --out {out}",
+    )
+    t_report = time.perf_counter()
+    (target,) = report.targets
+    if target.error or target.fit_json is None:
+        raise ConfigError(f"{store}: the fit failed: {target.error or target.fit_error}")
+    j = target.fit_json
+    same = _theory_same_fit(out_dir, target)
+    summary = {
         "N": exp.N,
         "alphas": list(exp.alphas),
         "seeds": list(exp.seeds),
@@ -149,26 +123,49 @@ def perceptron_command(
         "gamma2_err": j["gamma2_err"],
         "gamma1_theory_asymptotic": 0.5,
         "gamma2_theory_asymptotic": 1.0,
-        "gamma1_theory_same_fit": tj["gamma1"],
-        "gamma2_theory_same_fit": tj["gamma2"],
+        **same,
+        "runs": {run.run_id: action for run, action in results},
         "seconds_training": round(t_train - t0, 1),
-        "seconds_fitting": round(t_fit - t_train, 1),
-        "seconds_theory": round(t_theory - t_fit, 1),
-        "steps_per_run": summary.steps,
-        "experiment": summary.config,
+        "seconds_analysis": round(t_analyze - t_train, 1),
+        "seconds_report": round(t_report - t_analyze, 1),
+        "experiment": asdict(exp),
+        "fit": j,
     }
-    extra["seconds_total"] = round(time.perf_counter() - t0, 1)
-    index = write_report(out_dir, sim, th, N=exp.N, extra=extra)
+    write_bytes_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     click.echo(
         f"gamma1 = {format_value_error(j['gamma1'], j['gamma1_err'])}  (theory 1/2; theory curves, same fit: "
-        f"{format_value_error(tj['gamma1'], tj['gamma1_err'])})"
+        f"{format_value_error(same['gamma1_theory_same_fit'], same['gamma1_theory_same_fit_err'])})"
     )
     click.echo(
         f"gamma2 = {format_value_error(j['gamma2'], j['gamma2_err'])}  (theory 1; theory curves, same fit: "
-        f"{format_value_error(tj['gamma2'], tj['gamma2_err'])})"
+        f"{format_value_error(same['gamma2_theory_same_fit'], same['gamma2_theory_same_fit_err'])})"
     )
+    actions = [a for _, a in results]
     click.echo(
-        f"time: training {extra['seconds_training']} s, fitting {extra['seconds_fitting']} s, "
-        f"theory {extra['seconds_theory']} s, total {extra['seconds_total']} s (before the figures)"
+        f"runs: {actions.count('trained')} trained, {actions.count('resumed')} resumed, "
+        f"{actions.count('skipped')} already complete; time: training {summary['seconds_training']} s, "
+        f"analysis {summary['seconds_analysis']} s, report {summary['seconds_report']} s"
     )
-    click.echo(f"report: {index}")
+    click.echo(f"report: {report.index}")
+
+
+def _refuse_other_runs(store: Path, ids: set[str]) -> None:
+    """OUT/store may hold this grid's runs (they are continued) but no other run: the report fits one experiment."""
+    from normdyn.core.store import INDEX
+
+    if not store.is_dir():
+        return
+    others = sorted(p.name for p in store.iterdir() if (p / INDEX).is_file() and p.name not in ids)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ConfigError(
+            f"{store} holds runs of another experiment ({shown}); choose a new --out (nothing is overwritten)"
+        )
+
+
+def _theory_same_fit(out_dir: Path, target: Any) -> dict[str, float | None]:
+    """gamma1, gamma2 (with errors) of the theory curves under the simulation's fit: the report's theory.json."""
+    path = out_dir / "report" / target.directory / "theory.json"
+    keys = ("gamma1", "gamma1_err", "gamma2", "gamma2_err")
+    same = json.loads(path.read_text())["same_fit"] if path.is_file() else {}
+    return {f"{k.replace('_err', '')}_theory_same_fit{'_err' if k.endswith('_err') else ''}": same.get(k) for k in keys}

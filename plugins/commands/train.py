@@ -62,7 +62,11 @@ def _config_file(path: str) -> dict[str, Any]:
 @click.option("--schedule", help="Checkpoint schedule, e.g. log:50 (default), log:10+linear:100.")
 @click.option("--store", help="Store directory to write the run into (default: runs).")
 @click.option("--lr", type=float, help="Learning rate (default 1e-3).")
-@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), help="Optimizer (default adam).")
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adam", "adamw", "sgd", "gd-adaptive"]),
+    help="Optimizer (default adam; gd-adaptive: the perceptron engine, optimizer_params from --config).",
+)
 @click.option("--batch-size", "batch_size", help="Batch size, or 'full' (default 128).")
 @click.option("--init-factor", "init_factor", type=float, help="Multiplies every weight matrix at init.")
 @click.option("--weight-decay", "weight_decay", type=float, help="Weight decay (default 0).")
