@@ -51,6 +51,7 @@ __all__ = [
     "select_runs",
     "resolve_measures",
     "missing_needs",
+    "check_device",
 ]
 
 #: What ``normdyn analyze`` computes without ``--measure`` (the paper's complexity measure).
@@ -379,6 +380,28 @@ def select_runs(stores: Iterable[str | Path], pattern: str | None = None) -> tup
     return runs, errors
 
 
+def check_device(device: str) -> str:
+    """``device`` as torch spells it (``cpu``, ``cuda``, ``cuda:1``...), checked once before any run
+    is read; a ConfigError saying why torch cannot compute there (not a device name, CUDA not
+    available, no such device index) instead of a failure per checkpoint."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {device!r} is not a torch device ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return str(dev)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+            f"torch.cuda.is_available() is False); use --device cpu, or run where a GPU and a CUDA build of torch are"
+        )
+    try:
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError) as exc:
+        raise ConfigError(f"--device {device!r}: torch cannot allocate there ({exc})") from None
+    return str(dev)
+
+
 def analyze_store(
     stores: Iterable[str | Path] | str | Path,
     measures: Sequence[str] | None = None,
@@ -395,11 +418,13 @@ def analyze_store(
     """Analyse every matching run of ``stores``; return the counts and per-item failures.
 
     ``measures`` are registered measure names (default :data:`DEFAULT_MEASURES`);
-    ``runs`` a glob on run ids. Runs are processed in parallel by
+    ``runs`` a glob on run ids; ``device`` where the measures compute (:func:`check_device`:
+    checked before anything is read). Runs are processed in parallel by
     :func:`normdyn.core.executor.map_tasks` (one task per run).
     """
     if isinstance(stores, (str, Path)):
         stores = [stores]
+    device = check_device(device)
     chosen = resolve_measures(measures)
     selected, errors = select_runs(stores, runs)
     summary = AnalyzeSummary(run_errors=errors)

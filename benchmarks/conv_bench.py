@@ -100,12 +100,12 @@ def folded(sd: dict[str, torch.Tensor], layer: LayerSpec) -> torch.Tensor:
     return w * scale.reshape(-1, 1, 1, 1)
 
 
-def fft_norms(run: Run, layers: list[LayerSpec]) -> tuple[list[dict[str, float]], float]:
-    """Sedghi et al.'s FFT sigma_1 of every conv layer of every checkpoint, and seconds."""
+def fft_norms(run: Run, layers: list[LayerSpec], device: str) -> tuple[list[dict[str, float]], float]:
+    """Sedghi et al.'s FFT sigma_1 of every conv layer of every checkpoint (on ``device``), and seconds."""
     start = time.perf_counter()
     out = []
     for f in run.checkpoints()["file"]:
-        sd = load_file(str(run.path / f))
+        sd = load_file(str(run.path / f), device=device)
         norms = {}
         for layer in layers:
             assert layer.in_shape is not None
@@ -171,7 +171,7 @@ def main() -> None:
         for r in range(args.repeats):
             ours, t = normdyn_norms(store, run, layers, args.device)
             t_nd.append(t)
-            fft, t = fft_norms(run, layers)
+            fft, t = fft_norms(run, layers, args.device)
             t_fft.append(t)
             print(f"repeat {r + 1}: normdyn {t_nd[-1]:.2f}s  fft {t_fft[-1]:.2f}s", flush=True)
         ref = reference_norms(run, layers, ours[-1])

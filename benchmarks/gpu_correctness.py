@@ -6,6 +6,11 @@
 2. Analysis on cuda vs cpu of the same checkpoints: every weight-based
    measure agrees to 1e-5 relative.
 3. A seed ensemble on cuda vs separate cuda runs of the same seeds (2 epochs).
+4. The exact conv operator norms (conv_operator_norm, spectral_complexity_op)
+   on cuda vs cpu over three drifting checkpoints of the resnet family's
+   CIFAR-sized preset cut to its first stage (the float32 Krylov iteration, its float64
+   certification, the warm starts): agree to 1e-6 relative (each side is within 5e-7
+   of the exact value).
 Last line: ``gpu_correctness=ok|FAILED``.
 """
 
@@ -20,6 +25,8 @@ import numpy as np
 import torch
 
 from normdyn.analyzers.analyze import analyze_store
+from normdyn.core import plugins
+from normdyn.core.store import Run
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.ensemble import train_ensemble
 from normdyn.trainer.loop import train
@@ -38,6 +45,32 @@ MEASURES = [
 
 def max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max() / (b[k].double().abs().max() + 1e-30)) for k in b)
+
+
+def conv_check(acc: str, store: Path) -> bool:
+    """Check 4: conv operator norms on ``acc`` vs cpu (module docstring); prints one line."""
+    family = plugins.get("models", "resnet")
+    spec = family.spec(input_shape=(3, 32, 32), num_classes=10, preset="resnet18")
+    spec["layers"] = [d for d in spec["layers"] if d["name"].startswith(("stem", "stages.0."))]
+    torch.manual_seed(0)
+    state = family.build(spec).state_dict()
+    run = Run.create(store, "resnet-stage1", config={}, model_spec=spec, dataset={}, P=1, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(3):
+        state = {
+            k: v + 0.01 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in state.items()
+        }
+        run.append_checkpoint(state, step=step, epoch=float(step))
+    measures = ["conv_operator_norm", "spectral_complexity_op"]
+    vals = {}
+    for dev in ("cpu", acc):
+        summary = analyze_store(store, measures, device=dev, force=True)
+        vals[dev] = {m: run.read_measure(m).values.copy() for m in run.measures()}
+    worst = max(float(np.max(np.abs(vals[acc][m] - vals["cpu"][m]) / np.abs(vals["cpu"][m]))) for m in vals["cpu"])
+    good = worst < 1e-6 and summary.ok
+    verdict = "ok" if good else "FAILED"
+    print(f"conv operator norms {acc} vs cpu ({len(vals['cpu'])} records): max_rel_diff={worst:.2e} {verdict}")
+    return good
 
 
 def main(acc: str) -> int:
@@ -97,6 +130,7 @@ def main(acc: str) -> int:
         f"ensemble {acc} (S=4) vs separate {acc} runs: max_rel_train_loss_diff={loss:.2e} "
         f"max_rel_weight_diff={rel:.2e} {'ok' if good else 'FAILED'}"
     )
+    ok &= conv_check(acc, tmp / "conv")
     print(f"gpu_correctness={'ok' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -21,7 +21,12 @@ from normdyn.core.executor_cli import executor_options
 )
 @click.option("--runs", "runs_glob", default=None, help="Only runs whose id matches this glob.")
 @click.option("--force", is_flag=True, help="Recompute values already stored.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for the computations.")
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Torch device the measures compute on: cpu, cuda, cuda:N (an unavailable one is an error before any run).",
+)
 @click.option("--data-root", default=None, help="Dataset root for data-dependent measures (default: the run's).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @executor_options

@@ -105,7 +105,7 @@ def circular_conv_norm(
     """sigma_1 of a stride-1 circular conv on grid ``in_shape``: max over frequencies and groups
     of the largest singular value of the kernel's DFT matrix (c_out/g x c_in/g)."""
     co, cig = weight.shape[:2]
-    grid = torch.zeros(co, cig, *in_shape, dtype=torch.float64)
+    grid = torch.zeros(co, cig, *in_shape, dtype=torch.float64, device=weight.device)
     for offset in itertools.product(*[range(k) for k in weight.shape[2:]]):
         pos = tuple((a * d) % n for a, d, n in zip(offset, dilation, in_shape))
         target: tuple[slice | int, ...] = (slice(None), slice(None), *pos)
@@ -248,7 +248,9 @@ def symbol_start(layer: LayerSpec, weight: torch.Tensor, k: int) -> torch.Tensor
     n = layer.in_shape
     co, ci = weight.shape[:2]
     spatial = tuple(range(2, weight.dim()))
-    mats = torch.fft.fftn(weight.detach().double(), s=n, dim=spatial).reshape(co, ci, -1).permute(2, 0, 1).contiguous()
+    # on the CPU whatever the device: a few small FFTs and batched products, once per cold start
+    spectrum = torch.fft.fftn(weight.detach().double().cpu(), s=n, dim=spatial)
+    mats = spectrum.reshape(co, ci, -1).permute(2, 0, 1).contiguous()
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(mats.shape[0], ci, generator=gen, dtype=torch.float64).to(mats)
     conj = mats.conj()
