@@ -85,13 +85,33 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_checkpoint(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, int]:
-    """Atomically write ``tensors`` with string ``metadata``; return (sha256, bytes)."""
+#: Metadata key of a file that carries the sha256 of its own tensor data (the bytes after the header,
+#: which do not depend on the header), for files that no index records (the resume state).
+PAYLOAD_SHA256_KEY = "payload_sha256"
+
+
+def payload_sha256(data: bytes) -> str:
+    """The sha256 of a safetensors file's tensor data: everything after its 8-byte length and JSON header."""
+    header = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(memoryview(data)[8 + header :]).hexdigest()
+
+
+def write_checkpoint(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *, self_hash: bool = False
+) -> tuple[str, int]:
+    """Atomically write ``tensors`` with string ``metadata``; return (sha256, bytes).
+
+    With ``self_hash`` the header also records :func:`payload_sha256` (key :data:`PAYLOAD_SHA256_KEY`),
+    so a reader can verify the tensors without an index.
+    """
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     # safetensors lays tensors out sorted by dtype and name; keep the state-dict order
     from safetensors.torch import save as _st_save
 
-    data = _st_save(clean, metadata={**metadata, ORDER_KEY: json.dumps(list(clean))})
+    meta = {**metadata, ORDER_KEY: json.dumps(list(clean))}
+    data = _st_save(clean, metadata=meta)
+    if self_hash:  # the data section does not depend on the header: serialise again with its hash
+        data = _st_save(clean, metadata={**meta, PAYLOAD_SHA256_KEY: payload_sha256(data)})
     write_bytes_atomic(Path(path), data)
     return sha256_bytes(data), len(data)
 

@@ -34,7 +34,14 @@ from filelock import FileLock
 
 from normdyn.core import __version__
 from normdyn.core.atomic import replacing, write_bytes_atomic
-from normdyn.core.checkpoint import CheckpointFile, read_file_bytes, sha256_bytes, write_checkpoint
+from normdyn.core.checkpoint import (
+    PAYLOAD_SHA256_KEY,
+    CheckpointFile,
+    payload_sha256,
+    read_file_bytes,
+    sha256_bytes,
+    write_checkpoint,
+)
 from normdyn.core.errors import StoreError
 from normdyn.core.linked import LINK_SUFFIX, Link, open_linked
 
@@ -568,18 +575,36 @@ class Run:
 
     # ----------------------------------------------------------------- resume
     def save_resume(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-        """Atomically store the resume state (tensors plus a JSON-able dict)."""
+        """Atomically store the resume state (tensors plus a JSON-able dict).
+
+        The index does not record this file (it is replaced at every point), so it carries the sha256 of
+        its own tensor data, which :meth:`load_resume` verifies.
+        """
         (self.path / "resume").mkdir(exist_ok=True)
         write_checkpoint(
-            self.path / "resume" / "latest.safetensors", tensors, {"format": FORMAT, "resume": json.dumps(meta)}
+            self.path / "resume" / "latest.safetensors",
+            tensors,
+            {"format": FORMAT, "resume": json.dumps(meta)},
+            self_hash=True,
         )
 
     def load_resume(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """The resume state saved last, or None if there is none."""
+        """The resume state saved last (its tensor data verified against its sha256), or None if there is none.
+
+        A file written before resume states carried their hash is read unverified.
+        """
         path = self.path / "resume" / "latest.safetensors"
         if not path.exists():
             return None
-        ck = CheckpointFile(path)
+        data = read_file_bytes(path)
+        ck = CheckpointFile.from_bytes(path, data)
+        expected = ck.metadata.get(PAYLOAD_SHA256_KEY)
+        if expected is not None and payload_sha256(data) != expected:
+            raise StoreError(
+                f"{path}: the resume state is damaged (its tensors' sha256 differs from the one written with "
+                "them); the run cannot continue from it: remove the file to restart the run from step 0 (its "
+                "stored checkpoints are kept), or train the config again into another store"
+            )
         try:
             meta = json.loads(ck.metadata["resume"])
         except (KeyError, json.JSONDecodeError):
