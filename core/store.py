@@ -50,6 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover - torch loads with the tensors, so listing
 
 __all__ = [
     "PLACEMENT_KEYS",
+    "LATER_KEYS",
+    "config_identity",
     "FORMAT",
     "INDEX",
     "STATUSES",
@@ -89,6 +91,15 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", floa
 #: Config keys that say where or how a run was computed, not what it computes: left out of the
 #: run id (trainer) and of the groups a fit pools (analyzers), so both agree by construction.
 PLACEMENT_KEYS = ("store", "data_root", "download", "device", "eval_batch_size", "ensemble")
+#: Config keys added after the first store format, with the value that leaves a run as it was: at that
+#: value they enter neither the run id nor a fit's groups, so runs made before they existed keep their
+#: ids and pool with runs made after.
+LATER_KEYS: dict[str, Any] = {"optimizer_params": {}}
+
+
+def config_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run computes, from its config: every key but :data:`PLACEMENT_KEYS` and neutral :data:`LATER_KEYS`."""
+    return {k: v for k, v in config.items() if k not in PLACEMENT_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
 
 
 def _torch_version() -> str:

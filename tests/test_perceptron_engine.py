@@ -10,12 +10,13 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from normdyn.core.cli import cli
-from normdyn.core.errors import ConfigError
+from normdyn.core.errors import ConfigError, StoreError
 from normdyn.core.fsck import fsck_run
 from normdyn.core.store import Run, list_runs
 from normdyn.plugins.commands.perceptron_experiment import PerceptronExperiment
@@ -179,7 +180,33 @@ def test_run_ids_made_before_optimizer_params_existed_hold() -> None:
     assert TrainConfig(
         model="mlp", dataset="mnist1d", P=250, seed=2, epochs=5, model_params={"widths": [8]}
     ).run_id() == ("mlp-mnist1d-P250-s2-aee6b8e1ef")
-    assert TrainConfig(steps=10, optimizer_params={}).run_id() == TrainConfig(steps=10).run_id()
+
+
+def test_equal_computations_have_one_run_id() -> None:
+    base = dict(model="perceptron", dataset="teacher", steps=60, optimizer="gd-adaptive", batch_size="full")
+    explicit = TrainConfig(**base, optimizer_params={"safety": 0.5, "max_rel_step": 0.05, "lam_stop": 6.0})
+    assert TrainConfig(**base, optimizer_params={"lam_stop": 6}).run_id() == explicit.run_id()
+    assert explicit.optimizer_params == {"safety": 0.5, "max_rel_step": 0.05, "lam_stop": 6.0}
+    assert TrainConfig(**base).run_id() != explicit.run_id()  # no lam_stop: another computation
+
+
+def test_runs_made_before_optimizer_params_pool_with_new_ones(tmp_path: Path) -> None:
+    """A store trained before the field existed, extended after: one experiment for the fit, not two."""
+    from dataclasses import asdict
+
+    from normdyn.analyzers.fit.store_curves import store_groups
+    from normdyn.core.store import MeasureRecord
+
+    for P, drop in ((100, True), (200, False)):
+        config = asdict(TrainConfig(model="mlp", dataset="mnist1d", P=P, steps=10))
+        if drop:
+            del config["optimizer_params"]  # as normdyn wrote it then
+        run = Run.create(tmp_path, f"run-{P}", config=config, model_spec={"name": "mlp"}, dataset={}, P=P, seed=0)
+        run.append_checkpoint({"w": torch.ones(2)}, step=1, epoch=1.0, metrics={"test_error": 0.3})
+        sha = [str(x) for x in run.checkpoints()["sha256"]]
+        run.write_measure("m", MeasureRecord(np.array([1.0]), "t", "1", {}, sha))
+    groups, notes = store_groups(tmp_path, "m")
+    assert notes == [] and len(groups) == 1 and len(groups[0].curves) == 2
 
 
 def test_a_group_must_share_everything_but_P_and_seed(tmp_path: Path) -> None:
@@ -187,7 +214,7 @@ def test_a_group_must_share_everything_but_P_and_seed(tmp_path: Path) -> None:
         PerceptronExperiment(N=30, alphas=(1.0,), seeds=(0,), steps=5, schedule="log:2").configs(tmp_path),
         PerceptronExperiment(N=30, alphas=(1.0,), seeds=(0,), steps=6, schedule="log:2").configs(tmp_path),
     )
-    with pytest.raises(ConfigError, match="differ in more than P and seed"):
+    with pytest.raises(ConfigError, match=r"differ in steps; the perceptron engine trains configs that differ in P"):
         train_perceptrons([*a, *b], progress=False)
     with pytest.raises(ConfigError, match=r"the group repeats a \(P, seed\)"):
         train_perceptrons([*a, *a], progress=False)
@@ -205,6 +232,92 @@ def test_a_resume_state_unlike_its_checkpoint_is_refused(tmp_path: Path, monkeyp
     tensors["optim.0.v"] = tensors["optim.0.v"] * 1.01
     run.save_resume(tensors, meta)
     before = run.checkpoints()["sha256"].tolist()
-    with pytest.raises(Exception, match="the resume state at step 10 does not match its checkpoint's weights"):
+    with pytest.raises(StoreError, match="the resume state at step 10 does not match its checkpoint's weights"):
         train_perceptrons(exp.configs(tmp_path), progress=False)
     assert run.checkpoints()["sha256"].tolist() == before  # nothing stored is touched
+
+
+def test_a_failed_write_stops_the_group_and_leaves_it_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: dict[str, Any]
+) -> None:
+    """The write of one point fails (disk full): nothing after it is written (no resume state without its
+    checkpoint, no run marked complete with a hole), every unfinished run is marked failed, and a rerun
+    completes the grid exactly as an uninterrupted one."""
+    real = Run.append_checkpoint
+
+    def full_disk(self: Run, *args: Any, **kw: Any) -> None:
+        if kw["step"] == 24 and self.P == 40 and self.seed == 1:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Run, "append_checkpoint", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        train_perceptrons(EXP.configs(tmp_path), progress=False)
+    monkeypatch.undo()
+    statuses = set()
+    for run in list_runs(tmp_path):
+        steps = run.checkpoints()["step"].tolist()
+        whole = uninterrupted[run.run_id]["table"]["step"]
+        assert steps == whole[: len(steps)], run.run_id  # a prefix: no hole
+        saved = run.load_resume()
+        assert saved is None or int(saved[1]["step"]) in steps  # every resume state has its checkpoint
+        assert run.status == "failed" or (run.status == "complete" and steps == whole), run.run_id
+        statuses.add(run.status)
+    assert "failed" in statuses
+    results = train_perceptrons(EXP.configs(tmp_path), progress=False)
+    assert "resumed" in {a for _, a in results}
+    _same(_everything(tmp_path), uninterrupted)
+
+
+def test_a_failure_before_the_first_step_marks_the_runs_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory(*args: Any, **kw: Any) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(engine.BatchedDescent, "__init__", no_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_perceptrons(EXP.configs(tmp_path), progress=False)
+    assert {r.status for r in list_runs(tmp_path)} == {"failed"}
+
+
+def test_train_resume_continues_the_directory_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exp = PerceptronExperiment(N=20, alphas=(1.0,), seeds=(0,), steps=40, schedule="linear:10", n_test=10)
+    _crash_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train_perceptrons(exp.configs(tmp_path / "s"), progress=False)
+    monkeypatch.undo()
+    (run,) = list_runs(tmp_path / "s")
+    moved = tmp_path / "s" / "my-run"
+    run.path.rename(moved)
+    result = CliRunner().invoke(cli, ["train", "--resume", str(moved), "-q"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert [r.path.name for r in list_runs(tmp_path / "s")] == ["my-run"]
+    assert Run(moved).status == "complete" and Run(moved).checkpoints()["step"].tolist() == [0, 10, 20, 30, 40]
+
+
+def test_blocked_bmm_resumes_to_rounding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """blocked-bmm multiplies the running systems together, so waiting ones change its shapes: to rounding."""
+    whole = tmp_path / "whole"
+    train_perceptrons(EXP.configs(whole), progress=False, kernel="blocked-bmm")
+    _crash_at(monkeypatch, 21)
+    with pytest.raises(KeyboardInterrupt):
+        train_perceptrons(EXP.configs(tmp_path / "b"), progress=False, kernel="blocked-bmm")
+    monkeypatch.undo()
+    train_perceptrons(EXP.configs(tmp_path / "b"), progress=False, kernel="blocked-bmm")
+    a, b = _everything(whole), _everything(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for run_id in a:
+        assert a[run_id]["table"]["step"] == b[run_id]["table"]["step"]
+        # stops at lambda = 2 alpha before rounding grows (see test_batched_descent_matches_one_system...)
+        for x, y in zip(a[run_id]["tensors"], b[run_id]["tensors"]):
+            assert torch.allclose(x, y, rtol=0, atol=1e-10 * max(1.0, float(x.abs().max()))), run_id
+
+
+def test_a_parallel_sweep_splits_a_perceptron_group_by_seed(tmp_path: Path) -> None:
+    from normdyn.trainer.sweep import sweep_tasks
+
+    configs = EXP.configs(tmp_path)
+    assert len(sweep_tasks(configs, store=str(tmp_path))) == 1  # one local worker: the whole group
+    tasks = sweep_tasks(configs, store=str(tmp_path), jobs=4)
+    assert [sorted({c["seed"] for c in t["configs"]}) for t in tasks] == [[0], [1]]
+    assert {t["engine"] for t in tasks} == {"perceptron"} and all(len(t["configs"]) == 4 for t in tasks)
+    assert len(sweep_tasks(configs, store=str(tmp_path), executor="dask")) == 2

@@ -19,7 +19,7 @@ from normdyn.core.cli import cli
 from normdyn.core.errors import ConfigError, DataError
 from normdyn.core.sampling import subset_indices
 from normdyn.core.schedule import parse_schedule
-from normdyn.core.store import Run, list_runs
+from normdyn.core.store import list_runs
 from normdyn.plugins.commands.perceptron_experiment import PerceptronExperiment
 from normdyn.trainer.perceptron import KERNELS, BatchedDescent, train_perceptrons
 

@@ -16,22 +16,33 @@ from typing import Any
 from normdyn.core import plugins
 from normdyn.core.errors import ConfigError, ScheduleError, UnknownNameError
 from normdyn.core.schedule import parse_schedule
-from normdyn.core.store import PLACEMENT_KEYS
+from normdyn.core.store import LATER_KEYS, PLACEMENT_KEYS, config_identity
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "OPTIMIZER_PARAMS", "LATER_FIELDS", "read_toml", "RUN_ID_EXCLUDED"]
+__all__ = [
+    "TrainConfig",
+    "OPTIMIZERS",
+    "OPTIMIZER_PARAMS",
+    "OPTIMIZER_DEFAULTS",
+    "LATER_FIELDS",
+    "read_toml",
+    "RUN_ID_EXCLUDED",
+]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "gd-adaptive")
 #: The keys ``optimizer_params`` may hold, per optimizer (``gd-adaptive``: the perceptron engine,
 #: normdyn.trainer.perceptron). The other optimizers take none.
 OPTIMIZER_PARAMS: dict[str, tuple[str, ...]] = {"gd-adaptive": ("safety", "max_rel_step", "lam_stop")}
-#: Fields added after the first store format, with the value that leaves a run as it was: they enter
-#: the run id only when set to something else, so every run id made before they existed stays valid.
-LATER_FIELDS: dict[str, Any] = {"optimizer_params": {}}
+#: What ``optimizer_params`` holds when a config leaves a key out (made explicit in the config, so the
+#: stored config shows every value the run used and equal computations get one run id).
+OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {"gd-adaptive": {"safety": 0.5, "max_rel_step": 0.05}}
+#: Fields added after the first store format (core.store.LATER_KEYS): at their neutral value they do
+#: not enter the run id, so every run id made before they existed stays valid.
+LATER_FIELDS = LATER_KEYS
 # Fields that say where or how fast a run executes, not what it computes:
 # they do not enter the run id, so a run resumes on another device or data path,
 # and a seed trained in an ensemble is the same run as one trained alone.
@@ -67,6 +78,14 @@ class TrainConfig:
     ensemble: bool = False  # sweeps: train the seeds of one config together (torch.func)
     optimizer_params: dict[str, Any] = field(default_factory=dict)  # gd-adaptive: safety (1/2), max_rel_step
     # (0.05), lam_stop (stop once |w|/sqrt(N) >= lam_stop P/N; absent: run all steps)
+
+    def __post_init__(self) -> None:
+        # gd-adaptive: its defaults made explicit and its numbers floats (6 and 6.0 are one run);
+        # values of the wrong type are left as given, for problems() to name
+        defaults = OPTIMIZER_DEFAULTS.get(self.optimizer) if isinstance(self.optimizer, str) else None
+        if defaults is not None and isinstance(self.optimizer_params, dict):
+            params = {**defaults, **self.optimizer_params}
+            self.optimizer_params = {k: float(v) if _is_number(v) else v for k, v in params.items()}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
@@ -197,13 +216,10 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that define what the run computes (all but :data:`RUN_ID_EXCLUDED`).
 
-        A field of :data:`LATER_FIELDS` at its neutral value is left out, so run ids made before it existed hold.
+        A field of :data:`LATER_FIELDS` at its neutral value is left out, so run ids made before it existed hold
+        (:func:`normdyn.core.store.config_identity`, which fits group by, too).
         """
-        return {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in RUN_ID_EXCLUDED and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
-        }
+        return config_identity(asdict(self))
 
     def run_id(self) -> str:
         """Deterministic id: ``MODEL-DATASET-P{P}-s{seed}-HASH`` (same config, same run directory)."""

@@ -225,16 +225,16 @@ def resume(
     source = f"{run.index} (config attribute)"
     config = TrainConfig.from_mapping(values, source=source).validate(source=source)
     if config.optimizer == "gd-adaptive":
-        return _perceptron_engine(config, progress)
+        return _perceptron_engine(config, progress, run.path)
     t = prepare(config, model_spec=run.model_spec)
     run.set_status("running")
     return _execute(t, run, progress)
 
 
-def _perceptron_engine(config: TrainConfig, progress: bool) -> Run:
+def _perceptron_engine(config: TrainConfig, progress: bool, path: Path | None = None) -> Run:
     from normdyn.trainer.perceptron import train_perceptrons  # the engine stands on this module's helpers
 
-    ((run, _),) = train_perceptrons([config], progress=progress)
+    ((run, _),) = train_perceptrons([config], progress=progress, paths=None if path is None else [path])
     return run
 
 

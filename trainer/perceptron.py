@@ -72,7 +72,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,6 @@ __all__ = [
     "BatchedDescent",
     "KERNELS",
     "OPTIMIZER",
-    "DEFAULT_PARAMS",
     "default_kernel",
     "check_group",
     "group_key",
@@ -109,8 +109,6 @@ __all__ = [
 
 #: The optimizer name of the configs this engine trains.
 OPTIMIZER = "gd-adaptive"
-#: ``optimizer_params`` a config leaves out (``lam_stop`` absent: every system runs all its steps).
-DEFAULT_PARAMS: dict[str, float] = {"safety": 0.5, "max_rel_step": 0.05}
 #: The block-product kernels of :class:`BatchedDescent` (module docstring).
 KERNELS = ("chunked-mv", "blocked-bmm")
 #: Chunk size of ``chunked-mv``: a few MB stay in the last-level cache between the two passes.
@@ -246,8 +244,12 @@ def group_key(config: TrainConfig) -> str:
     return json.dumps({k: v for k, v in config.identity().items() if k not in ("P", "seed")}, sort_keys=True)
 
 
+#: Placement fields the configs of one group must share too: one device, one store, one data source.
+_SHARED_PLACEMENT = ("device", "store", "data_root", "download")
+
+
 def check_group(configs: Sequence[TrainConfig]) -> None:
-    """The configs must be valid ``gd-adaptive`` configs of one group, on one device, each (P, seed) once."""
+    """The configs must be valid ``gd-adaptive`` configs of one group, each (P, seed) once; else a ConfigError."""
     if not configs:
         raise ConfigError("the perceptron engine needs at least one config")
     for config in configs:
@@ -257,16 +259,15 @@ def check_group(configs: Sequence[TrainConfig]) -> None:
                 f"{config.run_id()}: optimizer {config.optimizer!r}; the perceptron engine trains {OPTIMIZER!r} configs"
             )
     first = configs[0]
+    ident = {k: v for k, v in first.identity().items() if k not in ("P", "seed")}
     for config in configs[1:]:
-        if group_key(config) != group_key(first):
+        other = {k: v for k, v in config.identity().items() if k not in ("P", "seed")}
+        keys = sorted(k for k in ident.keys() | other.keys() if ident.get(k) != other.get(k))
+        keys += [k for k in _SHARED_PLACEMENT if getattr(config, k) != getattr(first, k)]
+        if keys:
             raise ConfigError(
-                f"{config.run_id()} and {first.run_id()} differ in more than P and seed; "
-                "the perceptron engine trains one group of configs at a time"
-            )
-        if (config.device, config.store) != (first.device, first.store):
-            raise ConfigError(
-                f"{config.run_id()}: device {config.device!r} and store {config.store!r} differ from "
-                f"{first.run_id()}'s ({first.device!r}, {first.store!r}); one group runs on one device into one store"
+                f"{config.run_id()} and {first.run_id()} differ in {', '.join(keys)}; the perceptron engine trains "
+                "configs that differ in P and seed only, on one device, into one store"
             )
     pairs = [(c.P, c.seed) for c in configs]
     if len(set(pairs)) != len(pairs):
@@ -278,6 +279,7 @@ class _System:
     """One config of the group: its run (None until created), action, start step and stored steps."""
 
     config: TrainConfig
+    path: Path  # its run directory
     s: int  # seed index in the group's tensors
     a: int  # P index
     run: Run | None
@@ -285,12 +287,13 @@ class _System:
     start: int = 0  # the step it continues from
     state: dict[str, Any] | None = None  # its resume state (None: a fresh start)
     stored: set[int] | None = None
-    done: bool = False
+    done: bool = False  # stopped (its last point is queued)
+    completed: bool = False  # its status "complete" is written
+    order: torch.Generator | None = None  # its data-order generator's state goes into its resume state
 
 
-def _existing(config: TrainConfig, device: torch.device) -> tuple[Run | None, str, int, dict[str, Any] | None]:
-    """(run, action, start step, resume state) of ``config``'s run in its store, read and checked."""
-    path = Path(config.store) / config.run_id()
+def _existing(path: Path, device: torch.device) -> tuple[Run | None, str, int, dict[str, Any] | None]:
+    """(run, action, start step, resume state) of the run in ``path``, read and checked."""
     if not (path / INDEX).exists():
         return None, "trained", 0, None
     run = Run(path)
@@ -311,6 +314,7 @@ def _existing(config: TrainConfig, device: torch.device) -> tuple[Run | None, st
         ) from None
     N = w.numel()
     ok = all(state[k].shape == (N,) for k in ("v", "v_prev", "g_prev")) and state["eta"].numel() == 1
+    # the same process wrote both from one v (w = v sqrt(N), rounded once)
     if not ok or not torch.allclose(state["v"].double() * math.sqrt(N), w, rtol=1e-12, atol=0):
         raise StoreError(
             f"{path}: the resume state at step {point.at.step} does not match its checkpoint's weights; "
@@ -344,27 +348,69 @@ def _metrics(
 def _resume_tensors(state: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
     """The engine's state as an optimizer state dict (packed by the training core like any optimizer's)."""
     tensors = {k: state[k] for k in ("v", "v_prev", "g_prev", "eta", "theta")}
-    group = {"lr": config.lr, **DEFAULT_PARAMS, **config.optimizer_params, "params": [0]}
+    group = {"lr": config.lr, **config.optimizer_params, "params": [0]}
     return {"state": {0: {**tensors, "fresh": state["fresh"]}}, "param_groups": [group]}
 
 
+class _Writes:
+    """The store writes of one descent, in order on one thread, overlapping the next steps' products.
+
+    Once a write fails every later one is skipped (so no resume state or status follows a checkpoint
+    that is not there), and :meth:`check` raises the failure in the training thread.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: list[Future[None]] = []
+        self.error: BaseException | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        def guarded() -> None:
+            if self.error is None:
+                try:
+                    write()
+                except BaseException as exc:
+                    self.error = exc
+
+        self._pending.append(self._pool.submit(guarded))
+
+    def check(self) -> None:
+        """Raise the first failed write's exception, if any; drop the finished futures."""
+        self._pending = [f for f in self._pending if not f.done()]
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Wait for every queued write (each skipped after a failure)."""
+        self._pool.shutdown(wait=True)
+
+
 def train_perceptrons(
-    configs: Sequence[TrainConfig], *, progress: bool = True, kernel: str | None = None
+    configs: Sequence[TrainConfig],
+    *,
+    progress: bool = True,
+    kernel: str | None = None,
+    paths: Sequence[str | os.PathLike[str]] | None = None,
 ) -> list[tuple[Run, str]]:
     """Train, resume or skip every config of one group together; (run, action) per config, in order.
 
     Idempotent, like :func:`normdyn.trainer.loop.train_or_resume`: a complete
     run is ``skipped``, an unfinished one ``resumed`` from its resume state, a
-    new one ``trained``. ``kernel`` picks the block products (:data:`KERNELS`;
-    default :func:`default_kernel` of the device): the results agree to
-    rounding. Everything is checked before a run is created; on an exception
-    every run still training is marked failed.
+    new one ``trained``. ``paths`` are the run directories (default: each
+    config's ``store/run_id``; ``normdyn train --resume DIR`` passes DIR).
+    ``kernel`` picks the block products (:data:`KERNELS`; default
+    :func:`default_kernel` of the device): the results agree to rounding.
+    Everything is checked before a run is created; on an exception every
+    run not yet complete is marked failed.
     """
     from normdyn.trainer.loop import check_store, new_run  # the loop dispatches gd-adaptive configs here
 
     configs = list(configs)
     check_group(configs)
     first = configs[0]
+    dirs = [Path(c.store) / c.run_id() for c in configs] if paths is None else [Path(p) for p in paths]
+    if len(dirs) != len(configs):
+        raise ConfigError(f"{len(configs)} configs but {len(dirs)} run directories")
     check_store(first.store)
     device = resolve_device(first.device)
     kernel = kernel or default_kernel(device)
@@ -378,30 +424,39 @@ def train_perceptrons(
     seeds = sorted({c.seed for c in configs})
     Ps = sorted({c.P for c in configs})
     systems = []
-    for c in configs:
-        run, action, start, state = _existing(c, device)
+    for c, path in zip(configs, dirs):
+        run, action, start, state = _existing(path, device)
         if run is not None and json.dumps(run.model_spec, sort_keys=True) != json.dumps(spec, sort_keys=True):
             raise StoreError(
                 f"{run.path}: its model_spec is not the perceptron its config builds (N={N}); the run's files "
                 "changed: train the config again into another store"
             )
-        systems.append(_System(c, seeds.index(c.seed), Ps.index(c.P), run, action, start, state))
+        systems.append(_System(c, path, seeds.index(c.seed), Ps.index(c.P), run, action, start, state))
     idx = {s: subset_indices(len(data.x_train), Ps[-1], s) for s in seeds}  # P's samples: the first P of these
     family = plugins.get("models", "perceptron")
     module = family.build(spec).double()
     test = (data.x_test.double().flatten(1), data.y_test.double())
-    params = {**DEFAULT_PARAMS, **first.optimizer_params}
     _, _, total, schedule = step_plan(first)
-    points = set(schedule)
     for system in systems:  # every check passed: the new runs are created now
         if system.run is None:
             system.run = new_run(system.config, spec, dataset_spec(first))
         system.stored = {int(x) for x in system.run.checkpoints()["step"]}
+        system.order = torch.Generator().manual_seed(system.config.seed + ORDER_SEED_OFFSET)  # full batch: unused
         if system.action == "resumed":
             system.run.set_status("running")
+        system.completed = system.action == "skipped"
     active = [x for x in systems if x.action != "skipped"]
-    if active:
-        _descend(active, data, idx, Ps, N, params, first, total, points, module, test, device, kernel, progress)
+    try:
+        if active:
+            _descend(active, data, idx, Ps, N, first, total, set(schedule), module, test, device, kernel, progress)
+    except BaseException:
+        for x in active:
+            if not x.completed and x.run is not None:
+                try:
+                    x.run.set_status("failed")
+                except (OSError, StoreError):  # the store may be what failed: the first error is the one to see
+                    pass
+        raise
     return [(x.run, x.action) for x in systems]  # type: ignore[misc]
 
 
@@ -411,7 +466,6 @@ def _descend(
     idx: dict[int, torch.Tensor],
     Ps: list[int],
     N: int,
-    params: dict[str, float],
     config: TrainConfig,
     total: int,
     points: set[int],
@@ -424,6 +478,7 @@ def _descend(
     """The gradient descent of ``systems`` from the earliest start step to the end; writes every point."""
     seeds = sorted(idx)
     S, A = len(seeds), len(Ps)
+    params = config.optimizer_params
     ys = []
     Z = torch.empty(S, Ps[-1], N, dtype=torch.float64)
     for s, seed in enumerate(seeds):
@@ -441,7 +496,6 @@ def _descend(
     if lam_stop is not None:
         stop_at[:] = lam_stop * torch.tensor(Ps, dtype=torch.float64, device=device) / N
     grid: dict[tuple[int, int], _System] = {(x.s, x.a): x for x in systems}
-    order = torch.Generator().manual_seed(config.seed + ORDER_SEED_OFFSET)  # full batch: never drawn from
     t0 = min(x.start for x in systems)
     bar = tqdm(
         total=total,
@@ -452,9 +506,7 @@ def _descend(
         leave=False,
         dynamic_ncols=True,
     )
-    # one writer thread: the index fsyncs overlap the next steps' products, in order per run
-    writer = ThreadPoolExecutor(max_workers=1)
-    pending: list[Future[Any]] = []
+    writes = _Writes()
     try:
         for step in range(t0, total + 1):
             running = [
@@ -466,53 +518,89 @@ def _descend(
             done = torch.full_like(lam, step == total, dtype=torch.bool) | ((lam >= stop_at) & (step > 0))
             lam_host, done_host = torch.stack((lam, done.to(lam.dtype))).cpu().tolist()  # the one synchronisation
             for (s, a), x in grid.items():
-                if not running[s][a]:
-                    continue
-                run = x.run
-                assert run is not None and x.stored is not None
-                if not math.isfinite(lam_host[s][a]):
-                    raise ConfigError(f"{run.run_id}: the weights became non-finite at step {step}")
-                stop = bool(done_host[s][a])
-                if (step in points or stop) and step not in x.stored:
-                    v = gd.V[s, a].cpu()
-                    metrics = _metrics(
-                        v, gd.M[s, a, : Ps[a]].cpu(), ys[s][: Ps[a]], float(gd.eta[s, a]), module, data, test
+                if running[s][a]:
+                    if not math.isfinite(lam_host[s][a]):
+                        raise ConfigError(f"{x.path.name}: the weights became non-finite at step {step}")
+                    _point(
+                        writes,
+                        gd,
+                        x,
+                        step,
+                        bool(done_host[s][a]),
+                        step in points,
+                        Ps[a],
+                        N,
+                        ys[s],
+                        module,
+                        data,
+                        test,
+                        device,
                     )
-                    weights = {"fc.weight": (v * math.sqrt(N)).reshape(1, -1)}
-                    pending.append(
-                        writer.submit(
-                            run.append_checkpoint,
-                            weights,
-                            step=step,
-                            epoch=float(step),
-                            samples_seen=step * Ps[a],
-                            metrics=metrics,
-                        )
-                    )
-                    x.stored.add(step)
-                if stop:
-                    pending.append(writer.submit(run.set_status, "complete"))
-                    x.done = True
-                elif step in points and step > x.start:
-                    at = Position(step=step, samples_seen=step * Ps[a])
-                    state = _resume_tensors(gd.state(s, a), x.config)
-                    pending.append(writer.submit(write_resume, run, at, order, state, current_rng(device)))
-            for fut in [f for f in pending if f.done()]:
-                fut.result()  # a failed write stops the training here
-                pending.remove(fut)
+            writes.check()  # a failed write stops the training here
             moving = [[running[s][a] and not done_host[s][a] for a in range(A)] for s in range(S)]
             if all(x.done for x in systems):
                 break
             bar.update(1)
             gd.step(torch.tensor(moving, device=device))
-        for fut in pending:
-            fut.result()
-    except BaseException:
-        writer.shutdown(wait=True)
-        for x in systems:
-            if not x.done and x.run is not None:
-                x.run.set_status("failed")
-        raise
     finally:
         bar.close()
-    writer.shutdown(wait=True)
+        writes.close()
+    writes.check()
+
+
+def _point(
+    writes: _Writes,
+    gd: BatchedDescent,
+    x: _System,
+    step: int,
+    stop: bool,
+    scheduled: bool,
+    P: int,
+    N: int,
+    y: torch.Tensor,
+    module: torch.nn.Module,
+    data: Any,
+    test: Any,
+    device: torch.device,
+) -> None:
+    """Queue what system ``x`` writes at ``step``, as one write: its checkpoint, then its resume state or status.
+
+    A resume state is written only with a checkpoint written now: at a point stored before (a resumed
+    run), the weights just computed may differ from the stored ones by rounding (another group or
+    kernel), and a resume state must hold the weights of its checkpoint.
+    """
+    run, stored = x.run, x.stored
+    assert run is not None and stored is not None and x.order is not None
+    write_checkpoint = (scheduled or stop) and step not in stored
+    if not (write_checkpoint or stop):
+        return
+    checkpoint: dict[str, Any] | None = None
+    if write_checkpoint:
+        s, a = x.s, x.a
+        v = gd.V[s, a].cpu()
+        metrics = _metrics(v, gd.M[s, a, :P].cpu(), y[:P], float(gd.eta[s, a]), module, data, test)
+        checkpoint = {"weights": {"fc.weight": (v * math.sqrt(N)).reshape(1, -1)}, "metrics": metrics}
+        stored.add(step)
+    resume = None
+    if write_checkpoint and scheduled and not stop and step > x.start:
+        resume = (Position(step=step, samples_seen=step * P), _resume_tensors(gd.state(x.s, x.a), x.config))
+    rng = current_rng(device)
+    order = x.order
+    x.done = x.done or stop
+
+    def write() -> None:
+        if checkpoint is not None:
+            run.append_checkpoint(
+                checkpoint["weights"],
+                step=step,
+                epoch=float(step),
+                samples_seen=step * P,
+                metrics=checkpoint["metrics"],
+            )
+        if stop:
+            run.set_status("complete")
+            x.completed = True
+        elif resume is not None:
+            write_resume(run, resume[0], order, resume[1], rng)
+
+    writes.submit(write)

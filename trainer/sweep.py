@@ -169,27 +169,26 @@ def sweep_tasks(
     """Plain-dict tasks writing into ``store``: one per config, or one per ensemble group of two or more.
 
     With several local workers on this machine each gets an equal share of
-    its cores, so they do not fight over threads; Dask workers run elsewhere
+    its cores (workers: the smaller of jobs and tasks), so they do not fight over threads; Dask workers run elsewhere
     (batch jobs set ``OMP_NUM_THREADS`` themselves), so this machine's core
     count says nothing about theirs.
     """
-    threads = max(1, (os.cpu_count() or 1) // jobs) if executor == "local" and jobs > 1 else 0
-    tasks = []
+    parallel = jobs > 1 or executor != "local"
+    tasks: list[dict[str, Any]] = []
     for group in ensemble_groups([replace(c, store=store, device=device or c.device) for c in configs]):
         if group[0].optimizer == PERCEPTRON_OPTIMIZER:
-            tasks.append(
-                {
-                    "configs": [asdict(c) for c in group],
-                    "engine": "perceptron",
-                    "progress": progress,
-                    "threads": threads,
-                }
-            )
+            # one group is one task; with several workers, one task per seed (the seeds share no rows, and
+            # each seed's systems compute exactly as in the whole group)
+            seeds = dict.fromkeys(c.seed for c in group)
+            parts = [[c for c in group if c.seed == s] for s in seeds] if parallel else [group]
+            tasks += [{"configs": [asdict(c) for c in part], "engine": "perceptron"} for part in parts]
         elif len(group) == 1:
-            tasks.append({"config": asdict(group[0]), "progress": progress, "threads": threads})
+            tasks.append({"config": asdict(group[0])})
         else:
-            tasks.append({"configs": [asdict(c) for c in group], "progress": progress, "threads": threads})
-    return tasks
+            tasks.append({"configs": [asdict(c) for c in group]})
+    workers = min(jobs, len(tasks))
+    threads = max(1, (os.cpu_count() or 1) // workers) if executor == "local" and workers > 1 else 0
+    return [{**task, "progress": progress, "threads": threads} for task in tasks]
 
 
 def _set_threads(task: Mapping[str, Any]) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from normdyn.analyzers.fit.aggregate import SeedCurve
 from normdyn.core.errors import DataError, FitError
-from normdyn.core.store import PLACEMENT_KEYS, Run, scan_runs
+from normdyn.core.store import PLACEMENT_KEYS, Run, config_identity, scan_runs
 
 __all__ = ["GROUP_EXCLUDED_KEYS", "RunGroup", "store_groups", "store_curves"]
 
@@ -40,7 +40,7 @@ class RunGroup:
 
 
 def _group_key(config: Mapping[str, Any]) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in GROUP_EXCLUDED_KEYS}, sort_keys=True)
+    return json.dumps({k: v for k, v in config_identity(config).items() if k not in ("seed", "P")}, sort_keys=True)
 
 
 def _plain(value: Any) -> str:
@@ -95,7 +95,7 @@ def store_groups(
             notes.append(f"skipped: {exc}")
             continue
         key = _group_key(config)
-        groups.setdefault(key, RunGroup({k: v for k, v in config.items() if k not in GROUP_EXCLUDED_KEYS}))
+        groups.setdefault(key, RunGroup({k: v for k, v in config_identity(config).items() if k not in ("seed", "P")}))
         groups[key].curves.append(curve)
     return list(groups.values()), notes
 

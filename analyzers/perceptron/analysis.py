@@ -142,10 +142,10 @@ def theory_for(measure: str, runs: Sequence[Any], fit: FitResult | None) -> Perc
     datasets = {run.dataset.get("name") for run in stored}
     if models != {"perceptron"} or datasets != {"teacher"}:
         return None
-    Ns = {int(run.model_spec["N"]) for run in stored}
-    if len(Ns) != 1:
-        return None
-    (N,) = Ns
+    Ns = {run.model_spec.get("N") for run in stored}
+    N = Ns.pop() if len(Ns) == 1 else None
+    if not isinstance(N, int):
+        return None  # not one input dimension: no theory to compare with
     lam_stop = stored[0].config.get("optimizer_params", {}).get("lam_stop")
     alphas = sorted({r.P / N for r in runs})
     curves = theory_curves(alphas, lam_lo=1e-3, lam_hi_factor=2 * lam_stop if lam_stop else LAM_HI_FACTOR)

@@ -165,7 +165,8 @@ def _refuse_other_runs(store: Path, ids: set[str]) -> None:
 
 def _theory_same_fit(out_dir: Path, target: Any) -> dict[str, float | None]:
     """gamma1, gamma2 (with errors) of the theory curves under the simulation's fit: the report's theory.json."""
-    path = out_dir / "report" / target.directory / "theory.json"
+    rel = f"{target.directory}/theory.json"
     keys = ("gamma1", "gamma1_err", "gamma2", "gamma2_err")
-    same = json.loads(path.read_text())["same_fit"] if path.is_file() else {}
+    # only a file this report wrote (a section that failed this time leaves the last report's)
+    same = json.loads((out_dir / "report" / rel).read_text())["same_fit"] if rel in target.files else {}
     return {f"{k.replace('_err', '')}_theory_same_fit{'_err' if k.endswith('_err') else ''}": same.get(k) for k in keys}
