@@ -26,14 +26,18 @@ convs on small inputs). Methods, in this order:
 - small inputs (c_in * prod(in_shape) <= 2048): the largest eigenvalue of the
   dense float64 Gram matrix A^T A, built by applying the conv's Gram operator
   to the identity basis;
-- otherwise: subspace iteration on A^T A x = grad_x 1/2 ||conv(x)||^2 with the
-  Kato-Temple / Krylov-Weinstein stopping bounds of
-  :mod:`normdyn.plugins.measures.top_singular` (the latter certifies a
-  repeated sigma_1), warm-started across checkpoints. Its speed is the rate
-  (sigma_next / sigma_1)^2 per step, sigma_next the first singular value
-  outside the top cluster when the cluster outnumbers the 16-vector block:
-  the 64-fold sigma_1 of a CIFAR ViT patch embedding (which the closed form
-  handles) took 86-896 steps and one kernel in 6 none within 1000.
+- otherwise: a restarted block Krylov iteration on the Gram operator A^T A (the
+  conv, then the transposed conv) in float32, with the Kato-Temple /
+  Krylov-Weinstein bounds of :mod:`normdyn.plugins.measures.top_singular` and
+  their block form for a top cluster (a zero-padded conv's top eigenvalue comes
+  in near-equal pairs), certified by a float64 Rayleigh-Ritz step (and finished
+  in float64 where that fails); the first checkpoint starts from the kernel's
+  symbol (:func:`symbol_start`), later ones from the previous checkpoint's
+  Ritz block. ``iterative_conv_norm(..., fast=False)`` is the plain path kept
+  as the independent check: float64 subspace iteration with autograd's
+  adjoint, whose speed is the rate (sigma_next / sigma_1)^2 per step (the
+  64-fold sigma_1 of a CIFAR ViT patch embedding, which the closed form
+  handles, took it 86-896 steps and one kernel in 6 none within 1000).
 """
 
 from __future__ import annotations
@@ -61,11 +65,13 @@ CONV_TOL = 1e-6
 #: 2048 x 2048 in float64 is 32 MiB and its eigenvalues take well under a second.
 DENSE_DIM = 2048
 
-#: Blocks beyond the first in the Krylov basis (16 vectors each): 5 Gram products per restart.
-#: On a ResNet-18 stage-1 conv at 32x32 it certified sigma_1 in 8.6 s against 22.8 s for subspace
-#: iteration (2 CPU cores): the top two eigenvalues there differ by 1e-7 relative, so only the
-#: cluster bound or a tiny residual can certify, and Krylov bases shrink residuals faster.
-KRYLOV_DEPTH = 4
+#: The Krylov iteration's block and depth: Rayleigh-Ritz on span(X, AX, ..., A^12 X), X of 4
+#: vectors, 52 Gram products per restart. Deep, narrow bases beat wide, shallow ones on a conv's
+#: near-continuous top spectrum: on the ResNet-18 CIFAR convs (cold from the symbol start, then
+#: warm from the previous checkpoint) 4 x 13 needed 2-4x fewer products than 16 x 5 (104 against
+#: 400 cold, 52 against 160 warm on a stage-1 conv; 0.26 s against 0.96 s cold, idle 2-core CPU).
+KRYLOV_BLOCK = 4
+KRYLOV_DEPTH = 12
 
 __all__ = [
     "conv_forward",
@@ -296,14 +302,17 @@ def iterative_conv_norm(
 ) -> tuple[float, torch.Tensor]:
     """(sigma_1 by iteration on the Gram operator, the block to warm-start with); the relative
     error of sigma_1 is below tol/2 (see top_singular). ``fast``: the restarted block Krylov
-    iteration (KRYLOV_DEPTH) with the cluster bound on float32 products (transposed conv as
+    iteration (KRYLOV_BLOCK, KRYLOV_DEPTH) with the cluster bound on float32 products (transposed conv as
     the adjoint), certified, and finished where needed, on float64 ones; otherwise (the plain
     path) float64 subspace iteration with the Kato-Temple / Krylov-Weinstein bounds and
     autograd's adjoint."""
     gram64, dim = gram_operator(layer, weight, autograd=not fast)
     gram32, _ = gram_operator(layer, weight, torch.float32)
+    # operators as small as the dense Gram matrix's (reached only by calling this directly)
+    # get the 16-vector subspace iteration: a Krylov basis would be near their size
+    block = KRYLOV_BLOCK if fast and dim > DENSE_DIM else 16
     if warm is None and fast:
-        warm = symbol_start(layer, weight, 16)
+        warm = symbol_start(layer, weight, block)
     try:
         top = operator_top_singular(
             gram32 if fast else gram64,
@@ -312,7 +321,7 @@ def iterative_conv_norm(
             tol=tol,
             dtype=torch.float32 if fast else torch.float64,
             device=weight.device,
-            block_size=16,
+            block_size=block,
             max_iter=1000,
             krylov_depth=KRYLOV_DEPTH if fast else 0,
             apply_gram64=gram64 if fast else None,
