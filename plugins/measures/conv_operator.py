@@ -311,8 +311,15 @@ def iterative_conv_norm(
     # operators as small as the dense Gram matrix's (reached only by calling this directly)
     # get the 16-vector subspace iteration: a Krylov basis would be near their size
     block = KRYLOV_BLOCK if fast and dim > DENSE_DIM else 16
-    if warm is None and fast:
-        warm = symbol_start(layer, weight, block)
+    if fast:
+        # half the previous checkpoint's Ritz block, half the symbol's waves: a warm start alone
+        # can miss a top that moved to other frequencies between checkpoints and stop on the
+        # old one (the ResNet-18 stem, blocks of 4 and 16 alike: 2e-3 low at 1 checkpoint of 10)
+        fresh = symbol_start(layer, weight, block if warm is None else block - block // 2)
+        if warm is None:
+            warm = fresh
+        elif fresh is not None:
+            warm = torch.cat([warm[:, : block // 2].to(fresh), fresh], dim=1)
     try:
         top = operator_top_singular(
             gram32 if fast else gram64,
