@@ -389,11 +389,15 @@ class ConvOperatorNorm:
     or iteration). Params: fold_bn (True), tol (1e-6, the bound on the
     relative error of sigma_1^2 where the iteration is used).
     Version 2: exact for disjoint receptive fields (the ViT patch embedding,
-    where version 1 stored NaN) and for small inputs.
+    where version 1 stored NaN) and for small inputs. Version 3: every
+    checkpoint's iteration starts from the kernel's symbol as well as from the
+    previous checkpoint's block; a warm start alone could stop on a top that
+    had moved to other frequencies (2e-3 low on a ResNet-18 stem at one
+    checkpoint of ten), so version 2's values may be off by more than tol there.
     """
 
     name = "conv_operator_norm"
-    version = "2"
+    version = "3"
     needs = frozenset({"weights"})
 
     def __init__(self, fold_bn: bool = True, tol: float = CONV_TOL):
@@ -414,11 +418,11 @@ class SpectralComplexityOp:
     where s_i = ||conv_i||_op for conv layers (see conv_operator_norm) and
     sigma_i for the other layers, and ||W_i^T||_{2,1} is the reshaped matrix's
     sum of row norms as in spectral_complexity. Params: fold_bn (True), tol (1e-6).
-    Version 2: the conv norms of conv_operator_norm version 2.
+    Version 3: the conv norms of conv_operator_norm version 3.
     """
 
     name = "spectral_complexity_op"
-    version = "2"
+    version = "3"
     needs = frozenset({"weights"})
 
     def __init__(self, fold_bn: bool = True, tol: float = CONV_TOL):
