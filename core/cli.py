@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from normdyn.core import __version__, plugins
 from normdyn.core.command_group import NormdynGroup
 from normdyn.core.errors import NormdynError, StoreError
-from normdyn.core.fsck import fsck_store, relink_run
 from normdyn.core.schedule import parse_schedule
-from normdyn.core.store import Run, scan_runs
 from normdyn.core.table import format_table
+
+if TYPE_CHECKING:  # pragma: no cover - the store (numpy, h5py) loads when a store command runs
+    from normdyn.core.store import Run
 
 
 @click.group(cls=NormdynGroup)
@@ -61,6 +62,8 @@ def _require_runs(store_dir: str, found: list[Any], errors: list[Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def store_ls(store_dir: str, as_json: bool) -> None:
     """List the runs of STORE_DIR."""
+    from normdyn.core.store import scan_runs
+
     runs, errors = scan_runs(store_dir)
     _require_runs(store_dir, runs, errors)
     headers = ["run", "model", "dataset", "P", "seed", "status", "checkpoints", "measures"]
@@ -84,6 +87,8 @@ def store_ls(store_dir: str, as_json: bool) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def store_show(run_dir: str) -> None:
     """Print the checkpoint table of RUN_DIR, with its stored measures."""
+    from normdyn.core.store import Run
+
     run = Run(run_dir)
     table = run.checkpoints()
     measures = {m: run.read_measure(m) for m in run.measures()}
@@ -102,6 +107,8 @@ def store_show(run_dir: str) -> None:
 @click.option("--repair", is_flag=True, help="Rebuild damaged indexes, index orphan checkpoints, drop temp files.")
 def store_fsck(store_dir: str, repair: bool) -> None:
     """Verify every run of STORE_DIR (exit 1 if a problem remains)."""
+    from normdyn.core.fsck import fsck_store
+
     reports = fsck_store(store_dir, repair=repair)
     _require_runs(store_dir, reports, [])
     for rep in reports:
@@ -124,6 +131,8 @@ def store_relink(run_dir: str, folders: tuple[str, ...]) -> None:
     A linked file (normdyn import --link) that is missing or has another size is looked for by content:
     a file of its recorded size and sha256, whatever its name. Exit 1 if one is not found.
     """
+    from normdyn.core.fsck import relink_run
+
     report = relink_run(run_dir, list(folders))
     for line in report.repaired:
         click.echo(f"relinked: {line}")

@@ -25,8 +25,8 @@ print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
 
 
-def _heavy_after(args: list[str]) -> list[str]:
-    code = _PROBE.format(args=args, heavy=HEAVY)
+def _heavy_after(args: list[str], heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    code = _PROBE.format(args=args, heavy=heavy)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -46,6 +46,8 @@ def test_every_command_is_listed() -> None:
 @pytest.mark.parametrize("args", [["--help"], ["schedule", "log:5", "--total", "100"], ["store", "--help"]])
 def test_help_and_core_commands_import_nothing_heavy(args: list[str]) -> None:
     assert _heavy_after(args) == []
+    # nor the store's libraries: they load when a store command runs (half of --help's time before)
+    assert _heavy_after(args, ("numpy", "h5py", "normdyn.core.store")) == []
 
 
 def test_every_command_help_imports_nothing_heavy() -> None:
