@@ -12,7 +12,11 @@ OUT=${OUT:-/tmp/normdyn-gpu}
 mkdir -p "$OUT" /tmp/nd/normdyn
 for d in core trainer analyzers plugins; do ln -sfn "$PWD/$d" "/tmp/nd/normdyn/$d"; done
 python3 - <<'PY'
-import pathlib, tomllib
+import pathlib
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pyproject's own fallback
+    import tomli as tomllib
 project = tomllib.loads(pathlib.Path("pyproject.toml").read_text())["project"]
 info = pathlib.Path("/tmp/nd/normdyn-0.dist-info")
 info.mkdir(exist_ok=True)
