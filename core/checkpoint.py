@@ -4,8 +4,9 @@ Writing goes through ``safetensors.torch.save`` (bytes, then an atomic write).
 Reading goes through safetensors' own API: :class:`CheckpointFile` opens a
 file with ``safetensors.safe_open`` (the header is parsed and validated once,
 each tensor is read only when asked for), or parses bytes already in memory
-with ``safetensors.torch.load`` (:meth:`CheckpointFile.from_bytes`: the
-verified read, which hashes the bytes it parses). Every dtype safetensors
+with ``safetensors.torch.load`` or, for a buffer whose header passes the same
+checks, as views into it without a copy (:meth:`CheckpointFile.from_bytes`:
+the verified read, which hashes the bytes it parses). Every dtype safetensors
 knows is supported; its errors become :class:`StoreError` naming the file.
 """
 
@@ -14,9 +15,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import struct
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,7 +83,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
+def sha256_bytes(data: bytes | bytearray) -> str:
     """Hex sha256 of bytes in memory (the same digest :func:`sha256_file` gives for a file of them)."""
     return hashlib.sha256(data).hexdigest()
 
@@ -90,7 +93,7 @@ def sha256_bytes(data: bytes) -> str:
 PAYLOAD_SHA256_KEY = "payload_sha256"
 
 
-def payload_sha256(data: bytes) -> str:
+def payload_sha256(data: bytes | bytearray) -> str:
     """The sha256 of a safetensors file's tensor data: everything after its 8-byte length and JSON header."""
     header = int.from_bytes(data[:8], "little")
     return hashlib.sha256(memoryview(data)[8 + header :]).hexdigest()
@@ -138,17 +141,83 @@ def _damaged(path: Path, exc: BaseException, size: int, head: bytes) -> StoreErr
     return StoreError(f"{path}: corrupted safetensors header ({detail})")
 
 
-def read_file_bytes(path: Path) -> bytes:
-    """The bytes of ``path`` in one read; a missing or unreadable file is a StoreError naming it."""
+def read_file_bytes(path: Path) -> bytearray:
+    """The bytes of ``path`` in one read, into a writable buffer (tensors can then be views of it,
+    :meth:`CheckpointFile.from_bytes`); a missing or unreadable file is a StoreError naming it."""
     try:
-        return path.read_bytes()
+        with open(path, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = bytearray(size)
+            view, got = memoryview(data), 0
+            while got < size and (n := fh.readinto(view[got:])):
+                got += n
+            view.release()
+            if got < size:  # the file shrank while being read
+                del data[got:]
+            data += fh.read()  # or grew
+            return data
     except FileNotFoundError:
         raise StoreError(f"{path}: checkpoint file does not exist") from None
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the checkpoint file ({exc.strerror}); check its permissions") from None
 
 
-def _header_of(data: bytes) -> tuple[dict[str, str], list[str]]:
+def _buffer_views(data: bytearray) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]] | None:
+    """The tensors of the safetensors file in ``data`` as views into it, its metadata and its names in
+    data-offset order; None where safetensors' own parser must decide (any check failing, a big-endian
+    host, a bool or empty tensor, a tensor not aligned to its dtype).
+
+    The checks are safetensors': an 8-byte little-endian header length within the data, a JSON object
+    header, string metadata, each tensor's known dtype, non-negative integer shape and offsets whose
+    span is exactly its size, and offsets that tile the data section with no gap, overlap or tail.
+    """
+    import torch
+
+    if sys.byteorder != "little" or len(data) < 8:
+        return None
+    (n,) = struct.unpack("<Q", data[:8])
+    start = 8 + n
+    if start > len(data):
+        return None
+    try:
+        header = json.loads(bytes(data[8:start]))
+    except ValueError:
+        return None
+    if not isinstance(header, dict):
+        return None
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        return None
+    dtypes = {name: dtype for dtype, name in _dtype_names().items() if dtype is not torch.bool}
+    entries = []
+    for name, info in header.items():
+        if not isinstance(info, dict) or info.get("dtype") not in dtypes:
+            return None
+        dtype, shape, offsets = dtypes[info["dtype"]], info.get("shape"), info.get("data_offsets")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            return None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            return None
+        numel, (begin, end) = math.prod(shape), offsets
+        if numel == 0 or end - begin != numel * dtype.itemsize or (start + begin) % dtype.itemsize:
+            return None
+        entries.append((begin, end, name, dtype, shape, numel))
+    entries.sort(key=lambda e: e[0])
+    position = 0
+    for begin, end, *_ in entries:
+        if begin != position:
+            return None
+        position = end
+    if start + position != len(data):
+        return None
+    tensors = {
+        name: torch.frombuffer(data, dtype=dtype, count=numel, offset=start + begin).reshape(shape)
+        for begin, _, name, dtype, shape, numel in entries
+    }
+    return tensors, dict(meta or {}), [e[2] for e in entries]
+
+
+def _header_of(data: bytes | bytearray) -> tuple[dict[str, str], list[str]]:
     """The ``__metadata__`` and the tensor names in data-offset order (``safe_open``'s file order)."""
     # safetensors.torch.load returns the tensors only, in an order of its own; the header it
     # has just validated (length prefix, JSON object, string metadata) holds both
@@ -187,14 +256,25 @@ class CheckpointFile:
         self._tensors: dict[str, torch.Tensor] | None = None
 
     @classmethod
-    def from_bytes(cls, path: str | os.PathLike[str], data: bytes) -> CheckpointFile:
-        """The checkpoint held in ``data`` (the bytes of ``path``), parsed once by safetensors."""
+    def from_bytes(cls, path: str | os.PathLike[str], data: bytes | bytearray) -> CheckpointFile:
+        """The checkpoint held in ``data`` (the bytes of ``path``).
+
+        A writable buffer (``bytearray``, as :func:`read_file_bytes` returns) whose header passes the
+        checks safetensors makes, with every tensor aligned to its dtype, is served as views into
+        ``data``, without a copy (:func:`_buffer_views`); anything else is parsed by safetensors,
+        whose error then names what is wrong.
+        """
+        if isinstance(data, bytearray):
+            views = _buffer_views(data)
+            if views is not None:
+                tensors, metadata, file_order = views
+                return cls.from_tensors(path, {k: tensors[k] for k in file_order}, metadata)
         try:
             from safetensors.torch import load as _st_load
 
-            tensors = _st_load(data)
+            tensors = _st_load(bytes(data))
         except SafetensorError as exc:
-            raise _damaged(Path(path), exc, len(data), data[:8]) from None
+            raise _damaged(Path(path), exc, len(data), bytes(data[:8])) from None
         metadata, file_order = _header_of(data)
         return cls.from_tensors(path, {k: tensors[k] for k in file_order}, metadata)
 

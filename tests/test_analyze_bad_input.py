@@ -86,7 +86,14 @@ def test_an_unreadable_checkpoint_fails_only_its_row(tmp_path: Path, monkeypatch
             raise PermissionError(13, "Permission denied", str(self))
         return real_read_bytes(self)
 
+    def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(file) == locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return open(file, *args, **kwargs)
+
     monkeypatch.setattr(Path, "read_bytes", guarded_read_bytes)
+    # the verified read opens the file itself (it reads into a buffer that tensors can view)
+    monkeypatch.setattr("normdyn.core.checkpoint.open", guarded_open, raising=False)
     code, lines = _analyze(tmp_path)
     assert code == 1
     assert lines[0].startswith(f"error: r step 2 spectral_complexity: {locked}: cannot read the checkpoint")

@@ -339,8 +339,15 @@ def test_unreadable_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                 raise PermissionError(13, "Permission denied", str(self))
             return real_read(self)
 
+        def deny_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return open(file, *args, **kwargs)
+
         monkeypatch.setattr(os, "access", deny)
         monkeypatch.setattr(Path, "read_bytes", deny_read)
+        # the verified read opens the file itself (it reads into a buffer that tensors can view)
+        monkeypatch.setattr("normdyn.core.checkpoint.open", deny_open, raising=False)
     with pytest.raises(
         StoreError,
         match=re.escape(f"{path}: cannot read the checkpoint file (permission denied); check its permissions"),
