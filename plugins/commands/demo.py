@@ -42,7 +42,7 @@ def format_exponents(result: DemoResult) -> list[str]:
 @click.option("--jobs", "-j", type=int, default=2, show_default=True, help="Training and analysis worker processes.")
 @click.option("--quiet", is_flag=True, help="Print only the result.")
 def demo_command(out: str, quick: bool, seed: int, jobs: int, quiet: bool) -> None:
-    """Train MNIST-1D and perceptron sweeps, measure, fit both laws and write a report (about 5 minutes)."""
+    """Train MNIST-1D and perceptron sweeps, measure, fit both laws and write a report (2-5 minutes on 2 cores)."""
     from normdyn.plugins.commands.demo_experiment import run_demo
 
     result = run_demo(out, quick=quick, seed=seed, jobs=jobs, say=(lambda line: None) if quiet else click.echo)
