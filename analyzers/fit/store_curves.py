@@ -22,13 +22,9 @@ import numpy as np
 
 from normdyn.analyzers.fit.aggregate import SeedCurve
 from normdyn.core.errors import DataError, FitError
-from normdyn.core.store import PLACEMENT_KEYS, Run, config_identity, scan_runs
+from normdyn.core.store import Run, config_identity, scan_runs
 
-__all__ = ["GROUP_EXCLUDED_KEYS", "RunGroup", "store_groups", "store_curves"]
-
-# Keys that do not change the experiment: the seed and P (the grid's axes), and
-# where/how a run was computed (the trainer keeps the same ones out of run ids).
-GROUP_EXCLUDED_KEYS = ("seed", "P", *PLACEMENT_KEYS)
+__all__ = ["RunGroup", "group_config", "store_groups", "store_curves"]
 
 
 @dataclass
@@ -39,8 +35,10 @@ class RunGroup:
     curves: list[SeedCurve] = field(default_factory=list)
 
 
-def _group_key(config: Mapping[str, Any]) -> str:
-    return json.dumps({k: v for k, v in config_identity(config).items() if k not in ("seed", "P")}, sort_keys=True)
+def group_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the runs of one experiment share: the config's identity (the run id's fields, as the
+    trainer defines them in core.store.config_identity) without the grid's axes, seed and P."""
+    return {k: v for k, v in config_identity(config).items() if k not in ("seed", "P")}
 
 
 def _plain(value: Any) -> str:
@@ -94,9 +92,9 @@ def store_groups(
         except DataError as exc:
             notes.append(f"skipped: {exc}")
             continue
-        key = _group_key(config)
-        groups.setdefault(key, RunGroup({k: v for k, v in config_identity(config).items() if k not in ("seed", "P")}))
-        groups[key].curves.append(curve)
+        shared = group_config(config)
+        groups.setdefault(json.dumps(shared, sort_keys=True), RunGroup(shared))
+        groups[json.dumps(shared, sort_keys=True)].curves.append(curve)
     return list(groups.values()), notes
 
 

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["new_axes", "seed_band"]
+from normdyn.core.table import format_value_error
+
+__all__ = ["new_axes", "seed_band", "value_pm"]
 
 
 def new_axes(ncols: int = 1, width: float = 5.2, height: float = 3.8) -> tuple[Any, Any]:
@@ -33,3 +35,8 @@ def seed_band(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lo = np.where(count > 0, np.min(np.where(finite, rows, np.inf), axis=0), np.nan)
     hi = np.where(count > 0, np.max(np.where(finite, rows, -np.inf), axis=0), np.nan)
     return mean, lo, hi
+
+
+def value_pm(value: Any, err: Any) -> str:
+    """``value ± err`` for figure labels and tables (core.table's one formatter)."""
+    return format_value_error(value, err, sep=" ± ")

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from normdyn.core.hookspecs import Register, hookimpl
-from normdyn.core.table import format_value_error
-from normdyn.plugins.reports.figure_basics import new_axes, seed_band
+from normdyn.plugins.reports.figure_basics import new_axes, seed_band, value_pm
 
 __all__ = ["ErrorVsLambda", "Collapse", "LambdaStar", "EpsStar"]
 
@@ -99,7 +98,7 @@ class Collapse:
             law1.predict(x),
             "k--",
             linewidth=1.5,
-            label=f"{law1.k1_:.3g} x^(-{_pm(law1.gamma1_, law1.gamma1_err_)})",
+            label=f"{law1.k1_:.3g} x^(-{value_pm(law1.gamma1_, law1.gamma1_err_)})",
         )
         ax.set(xscale="log", yscale="log", xlabel="lambda / lambda*", ylabel="eps / eps*")
         ax.legend(fontsize="small", ncol=2)
@@ -134,7 +133,7 @@ class LambdaStar:
             P,
             10.0 ** law2.predict_log10(P),
             "k--",
-            label=f"{law2.k2_:.3g} P^({_pm(law2.gamma2_, law2.gamma2_err_)})",
+            label=f"{law2.k2_:.3g} P^({value_pm(law2.gamma2_, law2.gamma2_err_)})",
         )
         ax.set(xscale="log", yscale="log", xlabel="P (training samples)", ylabel=f"lambda* ({context.measure})")
         ax.legend(fontsize="small")
@@ -166,13 +165,13 @@ class EpsStar:
             P,
             fit.predicted_eps_star(P),
             "C3-",
-            label=f"predicted P^(-gamma1 gamma2), gamma_pred = {_pm(f.combined.gamma_pred, f.combined.sigma)}",
+            label=f"predicted P^(-gamma1 gamma2), gamma_pred = {value_pm(f.combined.gamma_pred, f.combined.sigma)}",
         )
         ax.plot(
             P,
             f.eps_star.predict(P),
             "k:",
-            label=f"direct fit, gamma_meas = {_pm(f.eps_star.gamma_meas_, f.eps_star.gamma_meas_err_)}",
+            label=f"direct fit, gamma_meas = {value_pm(f.eps_star.gamma_meas_, f.eps_star.gamma_meas_err_)}",
         )
         ax.set(xscale="log", yscale="log", xlabel="P (training samples)", ylabel="eps* (minimal mean test error)")
         ax.legend(fontsize="small")
@@ -182,10 +181,6 @@ class EpsStar:
             f"Minimal mean test error against P: measured, predicted from the two laws, "
             f"and fitted directly (z = {f.combined.z:.2f}).",
         )
-
-
-def _pm(value: float, err: float) -> str:
-    return format_value_error(value, err, sep=" ± ")
 
 
 @hookimpl

@@ -24,18 +24,13 @@ from typing import Any
 import numpy as np
 
 from normdyn.core.hookspecs import Register, hookimpl
-from normdyn.core.table import format_value_error
-from normdyn.plugins.reports.figure_basics import new_axes
+from normdyn.plugins.reports.figure_basics import new_axes, value_pm
 
 __all__ = ["TheoryTable", "TheoryErrorVsLambda", "TheoryCollapse", "TheoryLambdaStar", "TheoryEpsStar"]
 
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else str(value)
-
-
-def _pm(value: Any, err: Any) -> str:
-    return format_value_error(value, err, sep=" ± ")
 
 
 def _nearest(alphas: np.ndarray, alpha: float) -> int:
@@ -104,14 +99,14 @@ class TheoryTable:
         exponents = [
             [
                 "gamma1",
-                "-" if law1 is None else _pm(law1.gamma1_, law1.gamma1_err_),
-                "-" if same1 is None else _pm(same1.gamma1_, same1.gamma1_err_),
+                "-" if law1 is None else value_pm(law1.gamma1_, law1.gamma1_err_),
+                "-" if same1 is None else value_pm(same1.gamma1_, same1.gamma1_err_),
                 "1/2",
             ],
             [
                 "gamma2",
-                "-" if law2 is None else _pm(law2.gamma2_, law2.gamma2_err_),
-                "-" if same2 is None else _pm(same2.gamma2_, same2.gamma2_err_),
+                "-" if law2 is None else value_pm(law2.gamma2_, law2.gamma2_err_),
+                "-" if same2 is None else value_pm(same2.gamma2_, same2.gamma2_err_),
                 "1",
             ],
         ]
@@ -201,7 +196,11 @@ class TheoryCollapse(_Overlay):
         xs = np.geomspace(lo, hi, 20)
         law1 = fit.fits.law1
         ax.plot(
-            xs, law1.predict(xs), color="black", lw=2.2, label=f"fit: gamma1 = {_pm(law1.gamma1_, law1.gamma1_err_)}"
+            xs,
+            law1.predict(xs),
+            color="black",
+            lw=2.2,
+            label=f"fit: gamma1 = {value_pm(law1.gamma1_, law1.gamma1_err_)}",
         )
         ax.plot(xs, law1.k1_ * xs**-0.5, color="red", lw=1, ls=":", label="theory slope 1/2")
         ax.axvspan(lo, hi, color="grey", alpha=0.12)
@@ -235,7 +234,7 @@ class TheoryLambdaStar(_Overlay):
             a,
             10.0 ** law2.predict_log10(a * N),
             color="black",
-            label=f"fit: gamma2 = {_pm(law2.gamma2_, law2.gamma2_err_)} (theory 1)",
+            label=f"fit: gamma2 = {value_pm(law2.gamma2_, law2.gamma2_err_)} (theory 1)",
         )
         ax.set(xscale="log", yscale="log", xlabel="alpha = P / N", ylabel="lambda*")
         ax.legend(fontsize="small")
