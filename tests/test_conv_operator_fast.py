@@ -112,3 +112,42 @@ def test_orthonormal_falls_back_to_householder_on_an_ill_conditioned_block() -> 
     # orthonormal to float32 rounding (~1e-7 per entry), and spanning the block's columns
     assert torch.allclose(q.T @ q, torch.eye(4), atol=1e-5)
     assert torch.allclose(q @ (q.T @ x), x, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,grid", [((3, 3), (8, 8)), ((3, 3), (7, 5)), ((5,), (11,)), ((1, 3), (4, 6))])
+def test_the_symbol_matrices_are_the_zero_padded_kernels_fft(kernel: tuple[int, ...], grid: tuple[int, ...]) -> None:
+    from normdyn.plugins.measures.conv_operator import _symbol_matrices
+
+    w = torch.randn(5, 3, *kernel, generator=torch.Generator().manual_seed(len(grid)))
+    mats, freqs = _symbol_matrices(w, grid)
+    # one of each pair +-omega: the last coordinate up to n // 2, as rfftn keeps
+    assert len(freqs) == int(np.prod(grid[:-1])) * (grid[-1] // 2 + 1)
+    full = torch.fft.fftn(w.double(), s=grid, dim=tuple(range(2, w.dim())))
+    ref = torch.stack([full[(slice(None), slice(None), *[int(a) for a in f])] for f in freqs])
+    # float32 cosines and products of <= 9 taps: ~1e-7 relative to the entries (|w| ~ 1, 9 taps)
+    assert torch.allclose(mats.to(torch.complex128), ref, atol=5e-6)
+
+
+def test_a_warm_symbol_state_gives_a_start_as_good_as_a_cold_one() -> None:
+    layer = _layer((16, 16), 1, 1, 1, cin=8)
+    gen = torch.Generator().manual_seed(6)
+    w0 = torch.randn(8, 8, 3, 3, generator=gen)
+    w1 = w0 + 0.03 * torch.randn(8, 8, 3, 3, generator=gen)  # the next checkpoint: a small step
+    state: dict[str, torch.Tensor] = {}
+    symbol_start(layer, w0, 4, state)
+    assert state["v"].shape == (16 * 9, 8)  # every frequency of the half grid, c_in entries
+    warm = symbol_start(layer, w1, 4, state)  # 2 power steps from the previous checkpoint's vectors
+    cold = symbol_start(layer, w1, 4)  # 6 from random ones
+    assert warm is not None and cold is not None
+    gram, _ = gram_operator(layer, w1)
+    exact = dense_conv_norm(layer, w1)
+
+    def quotient(block: torch.Tensor) -> float:
+        v = block[:, :1].double() / torch.linalg.vector_norm(block[:, 0].double())
+        return float(v.T @ gram(v))
+
+    # both waves lie near the top (as the cold start's test above), the warm one as well as the cold
+    assert quotient(warm) >= 0.9 * exact**2
+    assert quotient(warm) >= 0.99 * quotient(cold)
+    sigma, _ = iterative_conv_norm(layer, w1, symbol=state)
+    assert sigma == pytest.approx(exact, rel=CONV_TOL / 2)

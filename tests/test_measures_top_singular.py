@@ -47,3 +47,47 @@ def test_operator_iteration_converges_on_a_top_value_repeated_beyond_the_block()
     assert top.iterations <= 15
     # tol 1e-6 on sigma_1^2 bounds the relative error of sigma_1 by 5e-7
     assert top.sigma == pytest.approx(2.0, rel=5e-7)
+
+
+def test_float32_rayleigh_ritz_is_exact_to_float32_products_on_long_vectors() -> None:
+    # 65536-entry float32 vectors (a ResNet-18 stage-1 conv's input): a projection summed in one
+    # float32 product as if B^T B were I put Ritz values 2.6e-5 above lambda_1 there; the
+    # generalized projection summed in float64 over 1024-row chunks is exact to ~1e-7
+    from normdyn.plugins.measures.top_singular import _inner, _ritz
+
+    gen = torch.Generator().manual_seed(3)
+    dim = 65536 + 300  # not a multiple of the chunk: the remainder rows count too
+    diag = torch.rand(dim, generator=gen, dtype=torch.float64) * 5 + 1
+    q, _ = torch.linalg.qr(torch.randn(dim, 12, generator=gen, dtype=torch.float64))
+    basis = (q + 1e-4 * torch.randn(dim, 12, generator=gen, dtype=torch.float64)).float()  # orthonormal to 1e-4
+    images = (diag[:, None] * basis.double()).float()
+    theta, vecs, resid = _ritz(basis, images)
+    b64, g64 = basis.double(), images.double()
+    chol = torch.linalg.cholesky(b64.T @ b64)
+    h = torch.linalg.solve_triangular(chol, b64.T @ g64, upper=False)
+    exact = torch.linalg.eigvalsh(torch.linalg.solve_triangular(chol, h.T, upper=False)).flip(0)
+    # the same float32 inputs projected wholly in float64: the chunked float32 sums differ by 1.3e-8 (measured)
+    assert torch.allclose(theta, exact, rtol=1e-7, atol=0)
+    # the Ritz vectors are the pairs' own: residuals of the exact diagonal operator, in float64
+    true_resid = torch.linalg.vector_norm(diag[:, None] * vecs.double() - vecs.double() * theta, dim=0)
+    assert torch.allclose(resid, true_resid, rtol=1e-3, atol=1e-5 * float(theta[0]))
+    a = torch.randn(dim, 5, generator=gen)
+    assert torch.allclose(_inner(a, basis), a.double().T @ basis.double(), rtol=1e-6, atol=1e-3)
+
+
+def test_float32_krylov_certifies_a_near_double_top_without_stalling() -> None:
+    # a near-double top (gap 1e-5), another near-double 7e-4 below, then a gap of 4e-3: the
+    # shape of a ResNet-18 stage-1 conv where the float32 iteration once stalled for 281 passes
+    from normdyn.plugins.measures.top_singular import _iterate_krylov
+
+    gen = torch.Generator().manual_seed(4)
+    dim = 65536
+    rest = torch.rand(dim - 4, generator=gen, dtype=torch.float64) * 8.9
+    lam = torch.cat([torch.tensor([8.954697, 8.954611, 8.948400, 8.948399], dtype=torch.float64), rest])
+    lam32 = lam.float()
+    start = torch.randn(dim, 4, generator=gen)
+    start[:4] += 30.0  # a warm start: near the top cluster, as the previous checkpoint gives
+    theta, block, resid, passes, ok = _iterate_krylov(lambda x: lam32[:, None] * x, start, 1e-6, 50, 12, 4e-6)
+    assert ok and passes <= 10  # the stall took 281; this takes 1-3 passes
+    # certified to tol 1e-6 on lambda_1 in float32 products (plus their rounding, ~1e-7)
+    assert float(theta[0]) == pytest.approx(8.954697, rel=1e-6 + 2e-7)
