@@ -262,27 +262,56 @@ def missing_needs(measure: Any, context: RunContext) -> str | None:
     )
 
 
+#: A row's computing longer than this many times its read gets every torch thread (see _read_ahead)
+_COMPUTE_BOUND = 4.0
+
+
 def _read_ahead(run_path: str, rows: Sequence[int]) -> Generator[Future[CheckpointFile], None, None]:
     """The hash-verified checkpoints of ``rows`` in order, as futures: each row's read is
     started on a reader thread (with its own :class:`Run`) when the previous row is handed
     out, so it overlaps the caller's work on that row. Closing the iterator cancels what is
     not yet started.
 
-    Meanwhile torch has one intra-op thread fewer (at least one): OpenMP's workers wait for
-    each other at the end of every parallel region, so with a core taken by the hash a
-    2-thread product waits for a preempted worker (0.44 s per checkpoint of the CIFAR CNN's
-    spectral norms instead of 0.10 s with 1 thread, 2 CPU cores)."""
+    While a read overlaps the caller's work, torch has one intra-op thread fewer (at least
+    one): OpenMP's workers wait for each other at the end of every parallel region, so with a
+    core taken by the hash a 2-thread product waits for a preempted worker (0.44 s per
+    checkpoint of the CIFAR CNN's spectral norms instead of 0.10 s with 1 thread, 2 CPU cores).
+    But where the work takes far longer than the read, the read is a short part of it and one
+    thread fewer halves the rest: the exact conv norms of a ResNet-18 (seconds per checkpoint,
+    0.1 s reads) ran at half speed. So the first row is worked on alone, with every thread, its
+    successor read only after it; it tells which case this is: where its work took more than
+    ``_COMPUTE_BOUND`` times its read, every later row gets every thread too (reads overlapping),
+    otherwise one fewer. Each later row updates the verdict for the next."""
     run = Run(run_path)
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - 1))
+    fewer = max(1, threads - 1)
+    seconds: dict[int, float] = {}  # each row's read, written by the reader thread
+    ready: dict[int, float] = {}  # when it was done (perf_counter)
+
+    def read(row: int) -> CheckpointFile:
+        start = time.perf_counter()
+        try:
+            return run.checkpoint(row)
+        finally:
+            ready[row] = time.perf_counter()
+            seconds[row] = ready[row] - start
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="normdyn-read") as pool:
         try:
-            ahead = pool.submit(run.checkpoint, rows[0]) if rows else None
+            ahead = pool.submit(read, rows[0]) if rows else None
+            bound = True  # the first row: worked on alone, with every thread
             for i in range(len(rows)):
                 assert ahead is not None
                 current = ahead
-                ahead = pool.submit(run.checkpoint, rows[i + 1]) if i + 1 < len(rows) else None
+                ahead = pool.submit(read, rows[i + 1]) if 0 < i < len(rows) - 1 else None
+                torch.set_num_threads(threads if bound else fewer)
+                start = time.perf_counter()
                 yield current
+                took = seconds.get(rows[i])
+                worked = time.perf_counter() - max(start, ready.get(rows[i], start))
+                bound = took is not None and worked > _COMPUTE_BOUND * took
+                if i == 0 and len(rows) > 1:
+                    ahead = pool.submit(read, rows[1])
         finally:
             pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads)
