@@ -278,10 +278,12 @@ def _read_ahead(run_path: str, rows: Sequence[int]) -> Generator[Future[Checkpoi
     checkpoint of the CIFAR CNN's spectral norms instead of 0.10 s with 1 thread, 2 CPU cores).
     But where the work takes far longer than the read, the read is a short part of it and one
     thread fewer halves the rest: the exact conv norms of a ResNet-18 (seconds per checkpoint,
-    0.1 s reads) ran at half speed. So the first row is worked on alone, with every thread, its
-    successor read only after it; it tells which case this is: where its work took more than
-    ``_COMPUTE_BOUND`` times its read, every later row gets every thread too (reads overlapping),
-    otherwise one fewer. Each later row updates the verdict for the next."""
+    0.1 s reads) ran at half speed, and with every thread and a read beside them they lose more
+    than the read takes. So the first row is worked on alone, with every thread, its successor
+    read only after it; it tells which case this is: where its work took more than
+    ``_COMPUTE_BOUND`` times its read, the next row is read the same way (alone, after the work:
+    a read's time lost per row, a few percent there), otherwise during the work, which then has
+    one thread fewer. Each row updates the verdict for the next."""
     run = Run(run_path)
     threads = torch.get_num_threads()
     fewer = max(1, threads - 1)
@@ -303,15 +305,16 @@ def _read_ahead(run_path: str, rows: Sequence[int]) -> Generator[Future[Checkpoi
             for i in range(len(rows)):
                 assert ahead is not None
                 current = ahead
-                ahead = pool.submit(read, rows[i + 1]) if 0 < i < len(rows) - 1 else None
+                last = i == len(rows) - 1
+                ahead = None if bound or last else pool.submit(read, rows[i + 1])
                 torch.set_num_threads(threads if bound else fewer)
                 start = time.perf_counter()
                 yield current
                 took = seconds.get(rows[i])
                 worked = time.perf_counter() - max(start, ready.get(rows[i], start))
                 bound = took is not None and worked > _COMPUTE_BOUND * took
-                if i == 0 and len(rows) > 1:
-                    ahead = pool.submit(read, rows[1])
+                if ahead is None and not last:
+                    ahead = pool.submit(read, rows[i + 1])  # after the work, alone
         finally:
             pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads)
