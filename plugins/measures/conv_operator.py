@@ -26,14 +26,14 @@ convs on small inputs). Methods, in this order:
 - small inputs (c_in * prod(in_shape) <= 2048): the largest eigenvalue of the
   dense float64 Gram matrix A^T A, built by applying the conv's Gram operator
   to the identity basis;
-- otherwise: a restarted block Krylov iteration on the Gram operator A^T A (the
-  conv, then the transposed conv) in float32, with the Kato-Temple /
+- otherwise: a thick-restarted block Krylov iteration on the Gram operator A^T A
+  (the conv, then the transposed conv) in float32, with the Kato-Temple /
   Krylov-Weinstein bounds of :mod:`normdyn.plugins.measures.top_singular` and
   their block form for a top cluster (a zero-padded conv's top eigenvalue comes
   in near-equal pairs), certified by a float64 Rayleigh-Ritz step (and finished
-  in float64 where that fails); the first checkpoint starts from the kernel's
-  symbol (:func:`symbol_start`), later ones from the previous checkpoint's
-  Ritz block. ``iterative_conv_norm(..., fast=False)`` is the plain path kept
+  in float64 where that fails); every start holds the kernel's symbol's best
+  waves (:func:`symbol_start`), later checkpoints' also the previous
+  checkpoint's Ritz block. ``iterative_conv_norm(..., fast=False)`` is the plain path kept
   as the independent check: float64 subspace iteration with autograd's
   adjoint, whose speed is the rate (sigma_next / sigma_1)^2 per step (the
   64-fold sigma_1 of a CIFAR ViT patch embedding, which the closed form
