@@ -52,6 +52,7 @@ __all__ = [
     "PLACEMENT_KEYS",
     "LATER_KEYS",
     "config_identity",
+    "group_identity",
     "FORMAT",
     "INDEX",
     "STATUSES",
@@ -100,6 +101,12 @@ LATER_KEYS: dict[str, Any] = {"optimizer_params": {}}
 def config_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """What a run computes, from its config: every key but :data:`PLACEMENT_KEYS` and neutral :data:`LATER_KEYS`."""
     return {k: v for k, v in config.items() if k not in PLACEMENT_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
+
+
+def group_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the runs of one experiment share: :func:`config_identity` without the grid's axes, seed and P
+    (the groups a fit pools and the perceptron engine trains together are the same by construction)."""
+    return {k: v for k, v in config_identity(config).items() if k not in ("seed", "P")}
 
 
 def _torch_version() -> str:

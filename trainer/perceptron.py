@@ -75,7 +75,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ from tqdm.auto import tqdm
 from normdyn.core import plugins
 from normdyn.core.errors import ConfigError, StoreError
 from normdyn.core.sampling import subset_indices
-from normdyn.core.store import INDEX, Run
+from normdyn.core.store import INDEX, Run, group_identity
 from normdyn.trainer.checkpointing import Position, current_rng, read_resume, write_resume
 from normdyn.trainer.config import TrainConfig
 from normdyn.trainer.setup import (
@@ -240,8 +240,8 @@ class BatchedDescent:
 
 
 def group_key(config: TrainConfig) -> str:
-    """What the configs of one engine group share: the run-id fields but P and seed."""
-    return json.dumps({k: v for k, v in config.identity().items() if k not in ("P", "seed")}, sort_keys=True)
+    """What the configs of one engine group share: the run-id fields but P and seed (core.store.group_identity)."""
+    return json.dumps(group_identity(asdict(config)), sort_keys=True)
 
 
 #: Placement fields the configs of one group must share too: one device, one store, one data source.
@@ -259,9 +259,9 @@ def check_group(configs: Sequence[TrainConfig]) -> None:
                 f"{config.run_id()}: optimizer {config.optimizer!r}; the perceptron engine trains {OPTIMIZER!r} configs"
             )
     first = configs[0]
-    ident = {k: v for k, v in first.identity().items() if k not in ("P", "seed")}
+    ident = group_identity(asdict(first))
     for config in configs[1:]:
-        other = {k: v for k, v in config.identity().items() if k not in ("P", "seed")}
+        other = group_identity(asdict(config))
         keys = sorted(k for k in ident.keys() | other.keys() if ident.get(k) != other.get(k))
         keys += [k for k in _SHARED_PLACEMENT if getattr(config, k) != getattr(first, k)]
         if keys:

@@ -22,9 +22,9 @@ import numpy as np
 
 from normdyn.analyzers.fit.aggregate import SeedCurve
 from normdyn.core.errors import DataError, FitError
-from normdyn.core.store import Run, config_identity, scan_runs
+from normdyn.core.store import Run, group_identity, scan_runs
 
-__all__ = ["RunGroup", "group_config", "store_groups", "store_curves"]
+__all__ = ["RunGroup", "store_groups", "store_curves"]
 
 
 @dataclass
@@ -33,12 +33,6 @@ class RunGroup:
 
     config: dict[str, Any]
     curves: list[SeedCurve] = field(default_factory=list)
-
-
-def group_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What the runs of one experiment share: the config's identity (the run id's fields, as the
-    trainer defines them in core.store.config_identity) without the grid's axes, seed and P."""
-    return {k: v for k, v in config_identity(config).items() if k not in ("seed", "P")}
 
 
 def _plain(value: Any) -> str:
@@ -92,9 +86,8 @@ def store_groups(
         except DataError as exc:
             notes.append(f"skipped: {exc}")
             continue
-        shared = group_config(config)
-        groups.setdefault(json.dumps(shared, sort_keys=True), RunGroup(shared))
-        groups[json.dumps(shared, sort_keys=True)].curves.append(curve)
+        shared = group_identity(config)
+        groups.setdefault(json.dumps(shared, sort_keys=True), RunGroup(shared)).curves.append(curve)
     return list(groups.values()), notes
 
 
