@@ -3,14 +3,19 @@ the float32 iteration certified in float64, and CholeskyQR's fallback."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from normdyn.core.errors import MeasureError
 from normdyn.core.layers import LayerSpec
+from normdyn.core.view import CheckpointView, RunContext
 from normdyn.plugins.measures.conv_operator import (
     CONV_TOL,
     conv_forward,
+    conv_operator_norms,
     dense_conv_norm,
     gram_operator,
     iterative_conv_norm,
@@ -34,8 +39,13 @@ def _layer(in_shape: tuple[int, ...], stride: int, padding: int, dilation: int, 
     )
 
 
-# (in_shape, kernel, stride, padding, dilation, groups): odd sizes with stride 2 need output padding
+# (in_shape, kernel, stride, padding, dilation, groups): odd sizes with stride 2 need output padding;
+# float64 stride-1 convs of one group take the flipped kernel's conv (padding d(k-1) - p >= 0), the
+# last geometry (padding beyond the kernel's span) the transposed conv
 ADJOINT_GEOMETRIES = [
+    ((8, 8), 3, 1, 1, 1, 1),
+    ((10,), 5, 1, 1, 1, 1),
+    ((6,), 3, 1, 3, 1, 1),
     ((9, 8), 3, 2, 1, 1, 1),
     ((7, 7), 3, 3, 0, 1, 1),
     ((8, 8), 3, 1, 2, 2, 1),
@@ -151,3 +161,35 @@ def test_a_warm_symbol_state_gives_a_start_as_good_as_a_cold_one() -> None:
     assert quotient(warm) >= 0.99 * quotient(cold)
     sigma, _ = iterative_conv_norm(layer, w1, symbol=state)
     assert sigma == pytest.approx(exact, rel=CONV_TOL / 2)
+
+
+def test_layers_on_worker_threads_give_the_serial_values_and_raise_the_first_failure() -> None:
+    shapes = [_layer((18, 18), 1, 1, 1, cin=8), _layer((17, 17), 2, 1, 1, cin=8), _layer((6, 6), 1, 1, 1, cin=4)]
+    layers = [dataclasses.replace(layer, name=f"c{i}", weight=f"c{i}.weight") for i, layer in enumerate(shapes)]
+    gen = torch.Generator().manual_seed(11)
+    tensors = {}
+    for layer, cout in zip(layers, (8, 6, 5)):
+        assert layer.in_channels is not None
+        tensors[layer.weight] = torch.randn(cout, layer.in_channels, 3, 3, generator=gen)
+    spec = {"layers": [layer.to_dict() for layer in layers]}
+
+    def norms(threads: int, model: dict) -> dict[str, float]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            view = CheckpointView(tensors, RunContext(model_spec=model))
+            return conv_operator_norms(view, {}, fold_bn=False, tol=CONV_TOL)
+        finally:
+            torch.set_num_threads(before)
+
+    serial, pooled = norms(1, spec), norms(2, spec)
+    assert list(pooled) == ["c0", "c1", "c2"]
+    for name, layer in zip(pooled, layers):
+        # the same arithmetic on one thread, wherever it runs: equal to rounding of thread-dependent kernels
+        assert pooled[name] == pytest.approx(serial[name], rel=1e-12)
+        # and sigma_1 itself, against the dense float64 Gram matrix (dims 2592 and 2312, iterated; 144, dense)
+        assert pooled[name] == pytest.approx(dense_conv_norm(layer, tensors[layer.weight]), rel=CONV_TOL / 2)
+    bad = [dict(d) for d in spec["layers"]]
+    bad[1]["padding_mode"] = "reflect"
+    with pytest.raises(MeasureError, match="layer 'c1'.*reflect"):
+        norms(2, {"layers": bad})
