@@ -53,7 +53,7 @@ def test_float32_rayleigh_ritz_is_exact_to_float32_products_on_long_vectors() ->
     # 65536-entry float32 vectors (a ResNet-18 stage-1 conv's input): a projection summed in one
     # float32 product as if B^T B were I put Ritz values 2.6e-5 above lambda_1 there; the
     # generalized projection summed in float64 over 1024-row chunks is exact to ~1e-7
-    from normdyn.plugins.measures.top_singular import _inner, _ritz
+    from normdyn.plugins.measures.top_singular import _inner_rows, _ritz
 
     gen = torch.Generator().manual_seed(3)
     dim = 65536 + 300  # not a multiple of the chunk: the remainder rows count too
@@ -72,7 +72,7 @@ def test_float32_rayleigh_ritz_is_exact_to_float32_products_on_long_vectors() ->
     true_resid = torch.linalg.vector_norm(diag[:, None] * vecs.double() - vecs.double() * theta, dim=0)
     assert torch.allclose(resid, true_resid, rtol=1e-3, atol=1e-5 * float(theta[0]))
     a = torch.randn(dim, 5, generator=gen)
-    assert torch.allclose(_inner(a, basis), a.double().T @ basis.double(), rtol=1e-6, atol=1e-3)
+    assert torch.allclose(_inner_rows(a.T, basis.T), a.double().T @ basis.double(), rtol=1e-6, atol=1e-3)
 
 
 def test_float32_krylov_certifies_a_near_double_top_without_stalling() -> None:

@@ -43,7 +43,7 @@ DEFAULT_TOL = 1e-7
 _EXACT_COST = 5e7  # m * n * min(m, n) below which a full decomposition is cheaper than iterating
 _BLOCK = 8
 _CHUNK = 1 << 19  # float64 entries per chunk of the refinement: 4 MiB, about an L2 cache
-_SUM_CHUNK = 1024  # rows per float32 partial product of a Rayleigh-Ritz step (:func:`_inner`)
+_SUM_CHUNK = 1024  # entries per float32 partial product of a Rayleigh-Ritz step (:func:`_inner_rows`)
 
 
 @dataclass
@@ -77,28 +77,14 @@ def _inner_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a^T b in float64 for column blocks a (dim, m) and b (dim, n): :func:`_inner_rows` of their
-    transposes."""
-    return _inner_rows(a.T, b.T)
-
-
 def _ritz(
     block: torch.Tensor, gram_block: torch.Tensor, keep: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rayleigh-Ritz on span(block): Ritz values (descending, float64), the first ``keep``
-    (default all) Ritz vectors and their residual norms (:func:`_ritz_images`, without the images)."""
-    theta, vecs, _, resid = _ritz_images(block, gram_block, keep)
-    return theta, vecs, resid
-
-
-def _ritz_images(
-    block: torch.Tensor, gram_block: torch.Tensor, keep: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rayleigh-Ritz on span(block) given its images A block (column blocks, (dim, m)):
-    :func:`_ritz_rows` on their transposes, with the Ritz vectors and images as columns."""
-    theta, vecs, images, resid = _ritz_rows(block.T, gram_block.T, keep)
-    return theta, vecs.T, images.T, resid
+    """Rayleigh-Ritz on span(block) given its images A block (column blocks, (dim, m)): Ritz values
+    (descending, float64), the first ``keep`` (default all) Ritz vectors as columns and their
+    residual norms (:func:`_ritz_rows` on the transposes, without the images)."""
+    theta, vecs, _, resid = _ritz_rows(block.T, gram_block.T, keep)
+    return theta, vecs.T, resid
 
 
 def _ritz_rows(
@@ -174,18 +160,19 @@ def _orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
     """Orthonormal rows spanning those of ``rows`` (k x n, n >= k, contiguous): CholeskyQR2
     (R^-T X twice, R the Cholesky factor of X X^T in float64), a few times faster than
     Householder QR on a long block (13 vs 59 ms on 16 x 65536 float32, 2 CPU cores);
-    Householder QR where X X^T is not numerically positive definite or the second factor is
-    not the identity to 0.1 (the first pass then did not make the block near-orthonormal: an
-    ill-conditioned block, whose CholeskyQR2 would not be orthonormal). The factors multiply
-    from the left, on the rows: R^-1 applied on the right of the (n, k) transpose took MKL
-    4.9 ms against 2.2 ms for the whole step on 4 x 65536 (2 CPU cores)."""
+    Householder QR where X X^T is not numerically positive definite or the result is not
+    orthonormal to 1e-3 (an ill-conditioned block). The factors multiply from the left, on the
+    rows: R^-1 applied on the right of the (n, k) transpose took MKL 4.9 ms against 2.2 ms for
+    the whole step on 4 x 65536 (2 CPU cores)."""
     x = rows
-    eye = torch.eye(x.shape[0], dtype=torch.float64, device=x.device)
-    for step in range(2):
+    for _ in range(2):
         r, info = torch.linalg.cholesky_ex((x @ x.T).double(), upper=True)
-        if int(info) != 0 or (step == 1 and float(torch.linalg.matrix_norm(r - eye)) > 0.1):
+        if int(info) != 0:
             return torch.linalg.qr(rows.T)[0].T.contiguous()
         x = torch.linalg.inv(r).T.to(x.dtype) @ x
+    eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
+    if float(torch.linalg.matrix_norm(x @ x.T - eye)) > 1e-3:
+        return torch.linalg.qr(rows.T)[0].T.contiguous()
     return x
 
 
