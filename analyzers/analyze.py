@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from normdyn.core import plugins
-from normdyn.core.checkpoint import CheckpointFile
+from normdyn.core.checkpoint import CheckpointFile, ReadBuffers
 from normdyn.core.errors import ConfigError, NormdynError, StoreError
 from normdyn.core.executor import map_tasks
 from normdyn.core.store import MeasureRecord, Run, scan_runs
@@ -285,6 +285,7 @@ def _read_ahead(run_path: str, rows: Sequence[int]) -> Generator[Future[Checkpoi
     a read's time lost per row, a few percent there), otherwise during the work, which then has
     one thread fewer. Each row updates the verdict for the next."""
     run = Run(run_path)
+    buffers = ReadBuffers()  # the reader's: a checkpoint's buffer is read into again once its tensors are gone
     threads = torch.get_num_threads()
     fewer = max(1, threads - 1)
     seconds: dict[int, float] = {}  # each row's read, written by the reader thread
@@ -293,7 +294,7 @@ def _read_ahead(run_path: str, rows: Sequence[int]) -> Generator[Future[Checkpoi
     def read(row: int) -> CheckpointFile:
         start = time.perf_counter()
         try:
-            return run.checkpoint(row)
+            return run.checkpoint(row, buffers=buffers)
         finally:
             ready[row] = time.perf_counter()
             seconds[row] = ready[row] - start

@@ -37,6 +37,7 @@ from normdyn.core.atomic import replacing, write_bytes_atomic
 from normdyn.core.checkpoint import (
     PAYLOAD_SHA256_KEY,
     CheckpointFile,
+    ReadBuffers,
     payload_sha256,
     read_file_bytes,
     sha256_bytes,
@@ -477,7 +478,7 @@ class Run:
             _append_row(f, row)
             return int(f["checkpoints/step"].shape[0]) - 1
 
-    def checkpoint(self, i: int, *, verify: bool = True) -> CheckpointFile:
+    def checkpoint(self, i: int, *, verify: bool = True, buffers: ReadBuffers | None = None) -> CheckpointFile:
         """The checkpoint of row ``i`` (negative counts from the end).
 
         With ``verify`` (the default) the file is read once, its size and
@@ -489,12 +490,16 @@ class Run:
         A linked row (``normdyn import --link``) is read from the user's files, each checked the same
         way against the size and sha256 recorded when it was linked; a missing or changed file is a
         StoreError naming it and saying how to relink it.
+
+        ``buffers``: where a verified read of a stored copy reads its bytes (a reader's
+        :class:`~normdyn.core.checkpoint.ReadBuffers`, reused once the previous checkpoint's tensors
+        are gone); by default a fresh buffer.
         """
         table = self.checkpoints()
         files = table["file"]
         if not -len(files) <= i < len(files):
             raise StoreError(f"{self.path}: no checkpoint row {i} (run has {len(files)})")
-        ck = self._open_row(table, i, verify)
+        ck = self._open_row(table, i, verify, buffers)
         if verify and i % len(files):
             self._check_like_first(ck, table)
         return ck
@@ -517,7 +522,9 @@ class Run:
             "the new file into another run (`normdyn import FOLDER --store STORE --run-id NEW_ID`)"
         )
 
-    def _open_row(self, table: Mapping[str, np.ndarray], i: int, verify: bool) -> CheckpointFile:
+    def _open_row(
+        self, table: Mapping[str, np.ndarray], i: int, verify: bool, buffers: ReadBuffers | None = None
+    ) -> CheckpointFile:
         link = self._link_of(table, i)
         expected_bytes, expected_sha = int(table["bytes"][i]), str(table["sha256"][i])
         if link is not None:
@@ -527,7 +534,7 @@ class Run:
         path = self.path / table["file"][i]
         if not verify:
             return self._opened(lambda: CheckpointFile(path))
-        data = read_file_bytes(path)
+        data = read_file_bytes(path, buffers)
         if len(data) != expected_bytes:
             raise StoreError(f"{path}: size {len(data)} bytes differs from the index ({expected_bytes}); {_CHANGED}")
         sha = sha256_bytes(data)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from normdyn.analyzers import analyze
+from normdyn.core.checkpoint import ReadBuffers
 from normdyn.core.store import Run
 
 
@@ -39,3 +40,36 @@ def test_threads_are_fewer_while_a_read_overlaps_unless_computing_dwarfs_reading
         assert torch.get_num_threads() == 2  # restored when the rows are done
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_read_buffer_is_reused_only_once_no_tensor_of_its_checkpoint_is_alive(tmp_path: Path) -> None:
+    run = _run(tmp_path, 6)
+    buffers = ReadBuffers(keep=2)
+    held = run.checkpoint(0, buffers=buffers).get("w")  # a view into the first buffer, kept alive
+    first_ptr = held.data_ptr()
+    # every later read while row 0's tensor lives goes elsewhere, however many buffers it takes:
+    # overwriting that buffer would change a tensor the caller still holds
+    for i in range(1, 5):
+        w = run.checkpoint(i, buffers=buffers).get("w")
+        assert w.data_ptr() != first_ptr
+        assert torch.equal(w, torch.full((4, 4), float(i)))
+        del w  # this buffer is free again at the next read
+        assert torch.equal(held, torch.zeros(4, 4))
+    second = run.checkpoint(5, buffers=buffers).get("w")
+    assert second.data_ptr() != first_ptr
+    del held
+    # row 0's buffer is now free: a read fills it again, with the new row's bytes, verified
+    again = run.checkpoint(3, buffers=buffers).get("w")
+    assert again.data_ptr() == first_ptr
+    assert torch.equal(again, torch.full((4, 4), 3.0)) and torch.equal(second, torch.full((4, 4), 5.0))
+
+
+def test_read_ahead_values_equal_fresh_reads_while_the_caller_keeps_some_tensors(tmp_path: Path) -> None:
+    run = _run(tmp_path, 8)
+    kept = []
+    for i, future in enumerate(analyze._read_ahead(str(run.path), list(range(8)))):
+        w = future.result().get("w")
+        if i % 3 == 0:
+            kept.append((i, w))  # outlives its row: its buffer must not be read into again
+    for i, w in kept:
+        assert torch.equal(w, run.checkpoint(i).get("w"))
