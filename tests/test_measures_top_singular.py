@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from normdyn.plugins.measures import top_singular as ts
 from normdyn.plugins.measures.top_singular import DEFAULT_TOL, matrix_top_singular, operator_top_singular
 
 
@@ -91,3 +92,46 @@ def test_float32_krylov_certifies_a_near_double_top_without_stalling() -> None:
     assert ok and passes <= 10  # the stall took 281; this takes 1-3 passes
     # certified to tol 1e-6 on lambda_1 in float32 products (plus their rounding, ~1e-7)
     assert float(theta[0]) == pytest.approx(8.954697, rel=1e-6 + 2e-7)
+
+
+@pytest.mark.parametrize("shape", [(120, 3000), (3000, 120)])
+def test_the_refinement_is_the_float64_rayleigh_quotient_of_either_side(shape: tuple[int, int]) -> None:
+    # _refine64 converts the matrix chunk by chunk of its rows (several chunks here: 4 MiB of float64
+    # is 174 rows of 3000 or 4369 of 120, so the tall side uses one and the wide one several)
+    rng = np.random.default_rng(5)
+    m = torch.tensor(rng.standard_normal(shape), dtype=torch.float32)
+    wide = shape[0] <= shape[1]
+    a = m.double().numpy()
+    gram = a @ a.T if wide else a.T @ a
+    evals, evecs = np.linalg.eigh(gram)
+    v = torch.tensor(evecs[:, -2:][:, ::-1].copy())  # the top two eigenvectors, descending
+    theta = torch.tensor(evals[::-1][:2].copy())
+    got = ts._refine64(m, wide, theta, v, torch.zeros(2, dtype=torch.float64), 1e-7)
+    # an exact eigenvector: its float64 Rayleigh quotient is the eigenvalue to float64 rounding
+    assert got is not None and got == pytest.approx(evals[-1], rel=1e-12)
+    # a vector off the top eigenvector: its residual fails the bound, so no value
+    off = (v[:, :1] + 1e-2 * torch.tensor(evecs[:, :1])).contiguous()
+    assert ts._refine64(m, wide, theta, off, torch.zeros(2, dtype=torch.float64), 1e-7) is None
+
+
+@pytest.mark.parametrize("shape", [(300, 3000), (3000, 300)])
+def test_the_gram_fallback_is_within_half_tol_of_the_svd_or_goes_to_float64(shape: tuple[int, int]) -> None:
+    # a Gaussian matrix: a Marchenko-Pastur top, no gap for 1 step of subspace iteration to use, so
+    # it falls back to the Gram matrix of float32 products summed in float64, certified in float64
+    rng = np.random.default_rng(6)
+    m = torch.tensor(rng.standard_normal(shape), dtype=torch.float32)
+    exact = np.linalg.svd(m.double().numpy(), compute_uv=False)
+    top = matrix_top_singular(m, max_iter=1)
+    assert top.method == "exact-fallback" and top.block is not None
+    assert abs(top.sigma - exact[0]) / exact[0] <= DEFAULT_TOL / 2
+    # its block is the Gram matrix's top eigenvectors: from there the iteration certifies at once
+    assert matrix_top_singular(m, top.block, max_iter=1).method == "iteration"
+    # the chunked Gram matrix itself: float32 products summed in float64, 1e-6 of its largest entry
+    a = m.double()
+    dense = a @ a.T if shape[0] <= shape[1] else a.T @ a
+    chunked = ts._gram_chunked(m, shape[0] <= shape[1])
+    assert float((chunked - dense).abs().max() / dense.abs().max()) < 1e-6
+    # a bound the float32 Gram matrix cannot certify (tol 1e-15): the float64 Gram matrix decides
+    strict = matrix_top_singular(m, max_iter=1, tol=1e-15)
+    assert strict.method == "exact-fallback"
+    assert strict.sigma == pytest.approx(exact[0], rel=1e-12)
