@@ -135,3 +135,22 @@ def test_the_gram_fallback_is_within_half_tol_of_the_svd_or_goes_to_float64(shap
     strict = matrix_top_singular(m, max_iter=1, tol=1e-15)
     assert strict.method == "exact-fallback"
     assert strict.sigma == pytest.approx(exact[0], rel=1e-12)
+
+
+def test_the_iteration_gives_up_early_on_a_bulk_and_runs_on_where_its_rate_will_finish() -> None:
+    rng = np.random.default_rng(7)
+    bulk = torch.tensor(rng.standard_normal((300, 3000)), dtype=torch.float32)
+    # a Marchenko-Pastur top: the residual hardly falls, so the rate gives up at the third step
+    top = matrix_top_singular(bulk)
+    assert top.method == "exact-fallback" and top.iterations == 3
+    # a top 5x above the rest (rate 0.04 per step) and a start block holding little of it (1e-3 of
+    # the top singular vector): 5 steps, beyond the 4 a fixed limit used to allow
+    s = np.concatenate([[5.0], np.linspace(1.0, 0.1, 299)])
+    m = torch.tensor(_with_spectrum(300, 3000, s, seed=8), dtype=torch.float32)
+    u, sv, _ = np.linalg.svd(m.double().numpy(), full_matrices=False)
+    start = rng.standard_normal((300, 8))
+    start -= np.outer(u[:, 0], u[:, 0] @ start)
+    start += 1e-3 * np.linalg.norm(start, axis=0) * u[:, :1]
+    far = matrix_top_singular(m, torch.tensor(start, dtype=torch.float32))
+    assert far.method == "iteration" and 4 < far.iterations <= 6
+    assert abs(far.sigma - sv[0]) / sv[0] <= DEFAULT_TOL / 2  # the float32 matrix's own sigma_1
