@@ -129,7 +129,8 @@ def test_the_symbol_matrices_are_the_zero_padded_kernels_fft(kernel: tuple[int, 
     from normdyn.plugins.measures.conv_operator import _symbol_matrices
 
     w = torch.randn(5, 3, *kernel, generator=torch.Generator().manual_seed(len(grid)))
-    mats, freqs = _symbol_matrices(w, grid)
+    real, imag, freqs = _symbol_matrices(w, grid)
+    mats = torch.complex(real, -imag)  # M = R - iJ
     # one of each pair +-omega: the last coordinate up to n // 2, as rfftn keeps
     assert len(freqs) == int(np.prod(grid[:-1])) * (grid[-1] // 2 + 1)
     full = torch.fft.fftn(w.double(), s=grid, dim=tuple(range(2, w.dim())))
@@ -145,7 +146,7 @@ def test_a_warm_symbol_state_gives_a_start_as_good_as_a_cold_one() -> None:
     w1 = w0 + 0.03 * torch.randn(8, 8, 3, 3, generator=gen)  # the next checkpoint: a small step
     state: dict[str, torch.Tensor] = {}
     symbol_start(layer, w0, 4, state)
-    assert state["v"].shape == (16 * 9, 8)  # every frequency of the half grid, c_in entries
+    assert state["v"].shape == (16 * 9, 2, 8)  # every frequency of the half grid: a, b of v = a + ib
     warm = symbol_start(layer, w1, 4, state)  # 2 power steps from the previous checkpoint's vectors
     cold = symbol_start(layer, w1, 4)  # 6 from random ones
     assert warm is not None and cold is not None

@@ -250,15 +250,17 @@ def dense_conv_norm(layer: LayerSpec, weight: torch.Tensor) -> float:
     return max(float(torch.linalg.eigvalsh((gram + gram.T) / 2)[-1]), 0.0) ** 0.5
 
 
-def _symbol_matrices(weight: torch.Tensor, n: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, freqs): the kernel's DFT matrices M(omega) = sum_p W[:, :, p] e^{-i omega . p}
-    (c_out x c_in, complex64) at the frequencies of grid ``n`` in one half-space (the last
-    coordinate up to n_last // 2, as rfftn keeps: M(-omega) is M(omega)'s conjugate, with the same
-    singular values and, for the waves, the same real span), shape (F, c_out, c_in), and those
-    frequencies' integer coordinates (F, len(n)). Computed as two real products of the taps'
-    cosines and sines with the kernel laid out (taps, c_out * c_in): in the (F, c_out, c_in)
-    layout directly, in float32, 5-10x faster than a float64 FFT of the zero-padded kernel and
-    its permuted copy (15-40 ms against 0.1-0.2 s for a ResNet-18 conv, 2 CPU cores)."""
+def _symbol_matrices(weight: torch.Tensor, n: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R, J, freqs): the kernel's DFT matrices M(omega) = sum_p W[:, :, p] e^{-i omega . p} = R - iJ
+    (c_out x c_in, their real and negated imaginary parts in float32) at the frequencies of grid
+    ``n`` in one half-space (the last coordinate up to n_last // 2, as rfftn keeps: M(-omega) is
+    M(omega)'s conjugate, with the same singular values and, for the waves, the same real span),
+    shape (F, c_out, c_in) each, and those frequencies' integer coordinates (F, len(n)). Computed
+    as two real products of the taps' cosines and sines with the kernel laid out (taps, c_out *
+    c_in): in the (F, c_out, c_in) layout directly, 5-10x faster than a float64 FFT of the
+    zero-padded kernel and its permuted copy (15-40 ms against 0.1-0.2 s for a ResNet-18 conv, 2
+    CPU cores). Kept real: a complex64 copy of both and the conjugate's took longer than the power
+    steps they serve (0.74 s and 0.35 s of a ResNet-18 run's 4 s of symbol starts, one thread)."""
     co, ci = weight.shape[:2]
     ks = weight.shape[2:]
     taps = torch.cartesian_prod(*[torch.arange(k, dtype=torch.float64) for k in ks]).reshape(-1, len(ks))
@@ -269,7 +271,14 @@ def _symbol_matrices(weight: torch.Tensor, n: tuple[int, ...]) -> tuple[torch.Te
     w = weight.detach().float().cpu().reshape(co * ci, -1).T  # (taps, co * ci)
     real = (torch.cos(phase).float() @ w).reshape(-1, co, ci)
     imag = (torch.sin(phase).float() @ w).reshape(-1, co, ci)
-    return torch.complex(real, -imag), freqs
+    return real, imag, freqs
+
+
+def _apply_symbol(ab: torch.Tensor, rt: torch.Tensor, jt: torch.Tensor) -> torch.Tensor:
+    """(M v)^T as rows (F, 2, c_out) [p; q], M v = p + iq, for v = a + ib given as rows ab (F, 2, c_in)
+    and M = R - iJ given as rt = R^T, jt = J^T: p = R a + J b, q = R b - J a."""
+    ar, aj = ab @ rt, ab @ jt  # [a R^T; b R^T], [a J^T; b J^T]
+    return torch.stack([ar[:, 0] + aj[:, 1], ar[:, 1] - aj[:, 0]], dim=1)
 
 
 def symbol_start(
@@ -296,23 +305,25 @@ def symbol_start(
     n = layer.in_shape
     ci = weight.shape[1]
     # on the CPU whatever the device: small products, once per checkpoint
-    mats, grid = _symbol_matrices(weight, n)
-    conj = mats.conj().resolve_conj()
-    mats_t = mats.mT
+    real, imag, grid = _symbol_matrices(weight, n)
+    rt, jt = real.mT, imag.mT
     previous = None if state is None else state.get("v")
-    if previous is not None and previous.shape == (mats.shape[0], ci):
-        v, steps = previous, 2
+    if previous is not None and previous.shape == (real.shape[0], 2, ci):
+        ab, steps = previous, 2
     else:
         gen = torch.Generator().manual_seed(0)
-        v, steps = torch.randn(mats.shape[0], ci, generator=gen, dtype=torch.float32).to(mats), 6
-    row = v.unsqueeze(1)  # (F, 1, ci): row vectors, whose batched products are 3-4x faster than columns here
+        ab, steps = torch.randn(real.shape[0], 2, ci, generator=gen, dtype=torch.float32), 6
+    # every frequency's v = a + ib as the rows [a; b] (F, 2, c_in), in real arithmetic: row vectors,
+    # whose batched products are 3-4x faster than columns here
     for _ in range(steps):
-        row = (row @ mats_t) @ conj  # (M^H M v)^T = (v^T M^T) conj(M)
-        row = row / torch.linalg.vector_norm(row, dim=2, keepdim=True).clamp_min(1e-30)
-    sigma = torch.linalg.vector_norm(row @ mats_t, dim=2).reshape(-1)
-    v = row.reshape(-1, ci)
+        pq = _apply_symbol(ab, rt, jt)  # (M v)^T = [p; q]
+        pr, pj = pq @ real, pq @ imag  # [p R; q R], [p J; q J]
+        # M^H (p + iq) = R^T p - J^T q + i (R^T q + J^T p)
+        ab = torch.stack([pr[:, 0] - pj[:, 1], pr[:, 1] + pj[:, 0]], dim=1)
+        ab = ab / torch.linalg.vector_norm(ab, dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    sigma = torch.linalg.vector_norm(_apply_symbol(ab, rt, jt), dim=(1, 2))
     if state is not None:
-        state["v"] = v
+        state["v"] = ab
     chosen: list[int] = []
     seen: set[tuple[int, ...]] = set()
     for f in torch.argsort(sigma, descending=True).tolist():
@@ -334,7 +345,8 @@ def symbol_start(
     for f in chosen:
         omega = 2 * torch.pi * grid[f].double() / torch.tensor(n, dtype=torch.float64)
         phase = torch.exp(-1j * (omega.reshape(-1, *[1] * len(n)) * pos).sum(0))
-        wave = v[f].to(torch.complex128).reshape(ci, *[1] * len(n)) * (phase * mode)
+        v = torch.complex(ab[f, 0].double(), ab[f, 1].double())
+        wave = v.reshape(ci, *[1] * len(n)) * (phase * mode)
         cols += [wave.real.reshape(-1), wave.imag.reshape(-1)]
     block = torch.stack(cols[:k], dim=1)
     return block.to(weight.device)

@@ -90,7 +90,10 @@ def _ritz(
 
 
 def _ritz_rows(
-    rows: torch.Tensor, imgs: torch.Tensor, keep: int | None = None
+    rows: torch.Tensor,
+    imgs: torch.Tensor,
+    keep: int | None = None,
+    inner: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rayleigh-Ritz on the span of the rows of ``rows`` (m, dim) given their images ``imgs``
     (the rows of (A rows^T)^T): Ritz values (descending, float64), the first ``keep`` (default
@@ -105,10 +108,11 @@ def _ritz_rows(
     conv, 65536 entries), so its residuals never fell below about 2e-5 theta_1 and the
     iteration stalled on a near-double top (281 restarts, 72 s for one layer). The vectors are
     combined as s^T rows, small matrix on the left: MKL took 3.7x as long for the same product
-    as (rows^T s) on a 65536 x 52 basis (2 CPU cores)."""
-    h = _inner_rows(rows, imgs)
+    as (rows^T s) on a 65536 x 52 basis (2 CPU cores). ``inner``: the two small matrices
+    (rows imgs^T, rows rows^T) where the caller keeps them (:class:`_InnerProducts`)."""
+    h, b = inner if inner is not None else (_inner_rows(rows, imgs), _inner_rows(rows, rows))
     h = (h + h.T) / 2
-    chol, info = torch.linalg.cholesky_ex(_inner_rows(rows, rows))
+    chol, info = torch.linalg.cholesky_ex(b)
     if int(info) == 0:
         eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
         linv = torch.linalg.solve_triangular(chol, eye, upper=False)
@@ -123,6 +127,38 @@ def _ritz_rows(
     images = st @ imgs
     resid = torch.linalg.vector_norm(images - vecs * theta[: s.shape[1]].to(rows.dtype).unsqueeze(1), dim=1)
     return theta, vecs, images, resid.double()
+
+
+class _InnerProducts:
+    """rows imgs^T and rows rows^T (float64, :func:`_inner_rows`) of a basis that grows block by
+    block, kept across the Rayleigh-Ritz steps of a Krylov pass: a step computes the entries of the
+    rows added since the last one only (new rows against all, and the old rows against the new
+    images), 2.3x fewer than recomputing both matrices at depths 6, 9 and 12 of a pass."""
+
+    def __init__(self, rows: torch.Tensor, imgs: torch.Tensor):
+        self.rows, self.imgs = rows, imgs
+        size = rows.shape[0]
+        self.h = torch.zeros(size, size, dtype=torch.float64, device=rows.device)
+        self.b = torch.zeros_like(self.h)
+        self.known = 0  # rows[:known] and their images have their entries
+
+    def reset(self) -> None:
+        """The rows were replaced (a restart): nothing is known."""
+        self.known = 0
+
+    def upto(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows imgs^T, rows rows^T) of rows[:end], views of the kept matrices."""
+        lo, rows, imgs = self.known, self.rows, self.imgs
+        if lo < end:
+            # the new rows on the left: twice as fast as the long basis on the left here (MKL)
+            new_b = _inner_rows(rows[lo:end], rows[:end])
+            self.b[lo:end, :end] = new_b
+            self.b[:lo, lo:end] = new_b[:, :lo].T
+            self.h[lo:end, :end] = _inner_rows(rows[lo:end], imgs[:end])
+            if lo:
+                self.h[:lo, lo:end] = _inner_rows(imgs[lo:end], rows[:lo]).T
+        self.known = end
+        return self.h[:end, :end], self.b[:end, :end]
 
 
 def _converged(theta: torch.Tensor, resid: torch.Tensor, tol: float) -> bool:
@@ -272,6 +308,7 @@ def _iterate_krylov(
     rows = block.new_empty(carry + depth * k, dim)
     imgs = block.new_empty(carry + depth * k, dim)
     checks = {j for j in _KRYLOV_CHECKS if j < depth} | {depth}
+    inner = _InnerProducts(rows, imgs)
     x = _orthonormal_rows(block.T.contiguous())
     rows[:k] = x
     imgs[:k] = gram(x.T).T
@@ -289,10 +326,11 @@ def _iterate_krylov(
             imgs[end : end + k] = gram(rows[end : end + k].T).T
             first, end = end, end + k
             if j in checks:
-                theta, vecs, images, resid = _ritz_rows(rows[:end], imgs[:end], keep=carry)
+                theta, vecs, images, resid = _ritz_rows(rows[:end], imgs[:end], keep=carry, inner=inner.upto(end))
                 if _stop(theta[:carry], resid[:carry], tol, floor, cluster=True):
                     return theta, vecs[:k].T, resid, it, True
         # restart from the top 2k Ritz vectors, orthonormalized with their images alike
+        inner.reset()
         r, info = torch.linalg.cholesky_ex(_inner_rows(vecs, vecs), upper=True)
         if int(info) != 0:
             x = _orthonormal_rows(vecs[:k].contiguous())
