@@ -95,9 +95,12 @@ def test_float32_krylov_certifies_a_near_double_top_without_stalling() -> None:
 
 
 @pytest.mark.parametrize("shape", [(120, 3000), (3000, 120)])
-def test_the_refinement_is_the_float64_rayleigh_quotient_of_either_side(shape: tuple[int, int]) -> None:
-    # _refine64 converts the matrix chunk by chunk of its rows (several chunks here: 4 MiB of float64
-    # is 174 rows of 3000 or 4369 of 120, so the tall side uses one and the wide one several)
+def test_the_refinement_is_the_float64_rayleigh_quotient_of_either_side(
+    shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # _refine64 converts the matrix chunk by chunk of its rows into one float64 buffer: 16384
+    # entries a chunk here, 5 rows of 3000 (24 chunks) or 136 rows of 120 (23, the last shorter)
+    monkeypatch.setattr(ts, "_CHUNK", 1 << 14)
     rng = np.random.default_rng(5)
     m = torch.tensor(rng.standard_normal(shape), dtype=torch.float32)
     wide = shape[0] <= shape[1]
@@ -108,10 +111,50 @@ def test_the_refinement_is_the_float64_rayleigh_quotient_of_either_side(shape: t
     theta = torch.tensor(evals[::-1][:2].copy())
     got = ts._refine64(m, wide, theta, v, torch.zeros(2, dtype=torch.float64), 1e-7)
     # an exact eigenvector: its float64 Rayleigh quotient is the eigenvalue to float64 rounding
-    assert got is not None and got == pytest.approx(evals[-1], rel=1e-12)
+    assert got is not None and got[0] == pytest.approx(evals[-1], rel=1e-12)
     # a vector off the top eigenvector: its residual fails the bound, so no value
     off = (v[:, :1] + 1e-2 * torch.tensor(evecs[:, :1])).contiguous()
     assert ts._refine64(m, wide, theta, off, torch.zeros(2, dtype=torch.float64), 1e-7) is None
+    # ... unless power steps may take it there: its error along the bottom eigenvector shrinks by
+    # lambda_n / lambda_1 (about 0.44 here) per step, so the Kato-Temple bound (gap lambda_1 - lambda_2)
+    # needs a handful; the value is then that of the top eigenvector, to the bound tol theta_1
+    assert ts._refine64(m, wide, theta, off, torch.zeros(2, dtype=torch.float64), 1e-7, steps=1) is None
+    got = ts._refine64(m, wide, theta, off, torch.zeros(2, dtype=torch.float64), 1e-7, steps=30)
+    assert got is not None and got[0] == pytest.approx(evals[-1], rel=1e-7)
+    assert abs(float(got[1] @ v[:, 0])) == pytest.approx(1.0, abs=1e-6)  # the vector it took there
+
+
+def test_power_steps_follow_the_second_ritz_value() -> None:
+    # r_1^2 / gap is 100 times tol theta_1; each step scales it by ((theta_2 + r_2) / theta_1)^2 = 0.01
+    theta = torch.tensor([1.0, 0.1], dtype=torch.float64)
+    assert ts._power_steps(theta, torch.tensor([(100 * 1e-7 * 0.9) ** 0.5, 0.0]), 1e-7) == pytest.approx(1.0)
+    assert ts._power_steps(theta, torch.tensor([1e-9, 0.0]), 1e-7) == 0.0  # the bound holds
+    assert ts._power_steps(torch.tensor([1.0, 1.0]), torch.tensor([1e-2, 0.0]), 1e-7) == float("inf")  # no gap
+
+
+def test_the_matrix_iteration_hands_its_last_steps_to_float64_power_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # warm starts at growing distances from the top singular vectors of a matrix with sigma_2 / sigma_1
+    # = 0.63 (the analyze benchmark's classifier's ratio): with the handover, the float32 iteration
+    # stops where a few float64 power steps meet the bound, taking fewer block steps than without it
+    # (_POWER_STEPS 0) on some starts, never more, and the same sigma_1 within the bound
+    gen = torch.Generator().manual_seed(3)
+    rows, cols = 200, 4000
+    u = torch.linalg.qr(torch.randn(rows, rows, generator=gen, dtype=torch.float64))[0]
+    w = torch.linalg.qr(torch.randn(cols, rows, generator=gen, dtype=torch.float64))[0]
+    s = torch.cat([torch.tensor([10.0, 6.3, 6.0, 5.5]), torch.linspace(5.0, 0.1, rows - 4, dtype=torch.float64)])
+    m = ((u * s) @ w.T).float()
+    exact = float(torch.linalg.svdvals(m.double())[0])
+    results = {}
+    for power in (0, 2):
+        monkeypatch.setattr(ts, "_POWER_STEPS", power)
+        for eps in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1):
+            warm = (u[:, :8] + eps * torch.randn(rows, 8, generator=torch.Generator().manual_seed(7))).float()
+            got = ts.matrix_top_singular(m, warm)
+            assert got.method == "iteration"
+            assert got.sigma == pytest.approx(exact, rel=ts.DEFAULT_TOL / 2)
+            results[power, eps] = got.iterations
+    fewer = [results[2, e] < results[0, e] for e in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)]
+    assert all(results[2, e] <= results[0, e] for e in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)) and any(fewer), results
 
 
 @pytest.mark.parametrize("shape", [(300, 3000), (3000, 300)])
@@ -137,20 +180,27 @@ def test_the_gram_fallback_is_within_half_tol_of_the_svd_or_goes_to_float64(shap
     assert strict.sigma == pytest.approx(exact[0], rel=1e-12)
 
 
-def test_the_iteration_gives_up_early_on_a_bulk_and_runs_on_where_its_rate_will_finish() -> None:
+def test_the_iteration_gives_up_early_on_a_bulk_and_runs_on_where_its_rate_will_finish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     rng = np.random.default_rng(7)
     bulk = torch.tensor(rng.standard_normal((300, 3000)), dtype=torch.float32)
     # a Marchenko-Pastur top: the residual hardly falls, so the rate gives up at the third step
     top = matrix_top_singular(bulk)
     assert top.method == "exact-fallback" and top.iterations == 3
     # a top 5x above the rest (rate 0.04 per step) and a start block holding little of it (1e-3 of
-    # the top singular vector): 5 steps, beyond the 4 a fixed limit used to allow
+    # the top singular vector): 5 block steps without the float64 power steps, beyond the 4 a fixed
+    # limit used to allow; with them, 3 and the power steps
     s = np.concatenate([[5.0], np.linspace(1.0, 0.1, 299)])
     m = torch.tensor(_with_spectrum(300, 3000, s, seed=8), dtype=torch.float32)
     u, sv, _ = np.linalg.svd(m.double().numpy(), full_matrices=False)
     start = rng.standard_normal((300, 8))
     start -= np.outer(u[:, 0], u[:, 0] @ start)
     start += 1e-3 * np.linalg.norm(start, axis=0) * u[:, :1]
+    handed = matrix_top_singular(m, torch.tensor(start, dtype=torch.float32))
+    monkeypatch.setattr(ts, "_POWER_STEPS", 0)
     far = matrix_top_singular(m, torch.tensor(start, dtype=torch.float32))
     assert far.method == "iteration" and 4 < far.iterations <= 6
-    assert abs(far.sigma - sv[0]) / sv[0] <= DEFAULT_TOL / 2  # the float32 matrix's own sigma_1
+    assert handed.method == "iteration" and handed.iterations < far.iterations
+    for got in (far, handed):
+        assert abs(got.sigma - sv[0]) / sv[0] <= DEFAULT_TOL / 2  # the float32 matrix's own sigma_1

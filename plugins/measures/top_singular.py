@@ -46,6 +46,10 @@ _EXACT_COST = 5e7  # m * n * min(m, n) below which a full decomposition is cheap
 _BLOCK = 8
 _CHUNK = 1 << 19  # float64 entries per chunk of the refinement: 4 MiB, about an L2 cache
 _SUM_CHUNK = 1024  # entries per float32 partial product of a Rayleigh-Ritz step (:func:`_inner_rows`)
+#: Power steps of the top Ritz vector (float64 passes, :func:`_refine64`) that a float32 iteration
+#: of a matrix hands over to instead of another block step: a step of 8 vectors costs about two
+#: passes of one (44 against 18 ms on 512 x 32768 in analyze, one CPU thread)
+_POWER_STEPS = 2
 
 
 @dataclass
@@ -259,8 +263,11 @@ def _iterate(
     max_iter: int,
     floor: float = 0.0,
     predict: bool = False,
+    near: float = 0.0,
 ) -> _Result:
     """Subspace iteration with Rayleigh-Ritz; returns (Ritz values, block, residuals, iterations, stopped).
+    With ``near`` it also stops where the top Ritz vector needs at most that many power steps
+    (:func:`_power_steps`), for a caller that takes them (:func:`_refine64`) and resumes where they fail.
     With ``predict`` it also gives up (not stopped) once the top residual's last rate says the bound
     needs more than ``max_iter`` steps in all (:func:`_steps_left`), for a caller with a fallback;
     from the third step on: a start that holds little of a separated top has the rate of the rest
@@ -272,7 +279,7 @@ def _iterate(
     for it in range(1, max_iter + 1):
         gb = gram(block)
         theta, vecs, resid = _ritz(block, gb)
-        if _stop(theta, resid, tol, floor, cluster=False):
+        if _stop(theta, resid, tol, floor, cluster=False) or (near and _power_steps(theta, resid, tol) <= near):
             return theta, vecs, resid, it, True
         if predict and it > 2 and it + _steps_left(theta, resid, before, tol) > max_iter:
             return theta, vecs, resid, it, False
@@ -349,17 +356,48 @@ def _iterate_krylov(
     return theta, vecs[:k].T, resid, max_iter, False
 
 
+def _power_steps(theta: torch.Tensor, resid: torch.Tensor, tol: float) -> float:
+    """Power steps (v <- A v / ||A v||) the top Ritz vector needs for :func:`_converged`'s
+    Kato-Temple bound: each scales its error, and so r_1, by at most lambda_2 / lambda_1, estimated
+    (theta_2 + r_2) / theta_1, and the bound r_1^2 / gap by its square; 0 where the bound holds,
+    infinite without a gap."""
+    top = float(theta[0])
+    if _converged(theta, resid, tol):
+        return 0.0
+    if top <= 0 or len(theta) < 2:
+        return float("inf")
+    gap = float(theta[0] - theta[1] - resid[1])
+    rate = float(theta[1] + resid[1]) / top
+    if gap <= 0 or not 0 < rate < 1:
+        return float("inf")
+    excess = float(resid[0]) ** 2 / (gap * tol * top)
+    return math.log(excess) / (-2.0 * math.log(rate))
+
+
 def _refine64(
-    m: torch.Tensor, wide: bool, theta: torch.Tensor, vecs: torch.Tensor, resid: torch.Tensor, tol: float
-) -> float | None:
+    m: torch.Tensor,
+    wide: bool,
+    theta: torch.Tensor,
+    vecs: torch.Tensor,
+    resid: torch.Tensor,
+    tol: float,
+    steps: int = 0,
+) -> tuple[float, torch.Tensor] | None:
     """theta_1 recomputed in float64 from the top Ritz vector v (v^T A v / v^T v, A = M M^T if
-    ``wide`` else M^T M), or None when its float64 residual fails the bound of :func:`_converged`
-    (the second Ritz pair of the float32 step stays the gap estimate). M is converted to float64
-    chunk by chunk of its rows (contiguous, about ``_CHUNK`` entries) into one buffer, in cache:
-    u = M v and A v = M^T u in one pass where A = M^T M, u = M^T v and A v = M u in two where
-    A = M M^T. Converting into a fresh float64 tensor per chunk cost its page faults, and chunks
-    of M^T's rows (strided columns of M) a strided copy: 68 ms against 14 ms for the refinement of
-    a 512 x 32768 float32 layer (one CPU thread)."""
+    ``wide`` else M^T M) and v, or None when its float64 residual fails the bound of
+    :func:`_converged` (the second Ritz pair of the float32 step stays the gap estimate) after up
+    to ``steps`` power steps v <- A v / ||A v||, each tested again.
+
+    M is converted to float64 chunk by chunk of its rows (contiguous, about ``_CHUNK`` entries)
+    into one buffer, in cache. Where A = M^T M, one pass per vector: theta_1 = sum of ||M_r v||^2,
+    A v = sum of M_r^T (M_r v). Where A = M M^T, u = M^T v takes a first pass, then each pass
+    gives A v = M u and, while power steps remain, M^T (A v) on the same chunks, the next vector's
+    u. Converting into a fresh float64 tensor per chunk cost its page faults, chunks of M^T's
+    rows (strided columns of M) a strided copy: 68 ms against 14 ms for the refinement of a
+    512 x 32768 float32 layer (one CPU thread); column chunks of M, for one pass where A = M M^T,
+    a strided copy too (2.5x the time per entry in analyze). A power step costs one pass where a
+    float32 block step costs a Gram product of the whole block: the iteration hands over to the
+    refinement where :func:`_power_steps` says a few suffice."""
     v = vecs[:, 0].double()
     v = v / torch.linalg.vector_norm(v)
     rows, cols = m.shape
@@ -373,25 +411,35 @@ def _refine64(
             chunk.copy_(m[start:stop])
             yield start, stop, chunk
 
-    if wide:  # v over M's rows
-        u = torch.zeros(cols, dtype=torch.float64, device=m.device)
+    u = torch.zeros(cols, dtype=torch.float64, device=m.device)
+    if wide:  # v over M's rows: u = M^T v
         for start, stop, chunk in chunks():
             u.addmv_(chunk.T, v[start:stop])
-        theta1 = u @ u
-        av = torch.empty_like(v)
+    for attempt in range(steps + 1):
+        more = attempt < steps
+        av = torch.empty_like(v) if wide else torch.zeros_like(v)
+        theta1 = u @ u if wide else torch.zeros((), dtype=torch.float64, device=m.device)
+        after = torch.zeros_like(u) if wide and more else None  # M^T (A v), for the next vector
         for start, stop, chunk in chunks():
-            av[start:stop] = chunk @ u
-    else:  # v over M's columns
-        theta1 = torch.zeros((), dtype=torch.float64, device=m.device)
-        av = torch.zeros_like(v)
-        for _, _, chunk in chunks():
-            part = chunk @ v
-            theta1 += part @ part
-            av.addmv_(chunk.T, part)
-    r1 = torch.linalg.vector_norm(av - theta1 * v)
-    theta64 = torch.cat([theta1.reshape(1).cpu(), theta[1:].cpu()])
-    resid64 = torch.cat([r1.reshape(1).cpu(), resid[1:].cpu()])
-    return float(theta1) if _converged(theta64, resid64, tol) else None
+            if wide:
+                av[start:stop] = chunk @ u
+                if after is not None:
+                    after.addmv_(chunk.T, av[start:stop])
+            else:
+                part = chunk @ v
+                theta1 += part @ part
+                av.addmv_(chunk.T, part)
+        r1 = torch.linalg.vector_norm(av - theta1 * v)
+        theta64 = torch.cat([theta1.reshape(1).cpu(), theta[1:].cpu()])
+        resid64 = torch.cat([r1.reshape(1).cpu(), resid[1:].cpu()])
+        if _converged(theta64, resid64, tol):
+            return float(theta1), v
+        if more:
+            size = torch.linalg.vector_norm(av)
+            v = av / size
+            if after is not None:
+                u = after / size
+    return None
 
 
 #: Relative error estimate of the eigenvalues of :func:`_gram_chunked`'s matrix: 30-300 times the
@@ -470,11 +518,26 @@ def matrix_top_singular(
 
     k = min(_BLOCK, dim)
     start = _start_block(dim, k, warm, work.dtype, work.device, seed)
-    theta, block, resid, iters, ok = _iterate(gram, start, tol, max_iter, predict=True)
-    if ok:
-        theta1 = float(theta[0]) if work.dtype == torch.float64 else _refine64(work, wide, theta, block, resid, tol)
-        if theta1 is not None:
-            return TopSingular(max(theta1, 0.0) ** 0.5, block, iters, "iteration")
+    if work.dtype == torch.float64:
+        theta, block, resid, iters, ok = _iterate(gram, start, tol, max_iter, predict=True)
+        if ok:
+            return TopSingular(max(float(theta[0]), 0.0) ** 0.5, block, iters, "iteration")
+    else:
+        # a float32 step that leaves the top Ritz vector a few power steps from the bound hands over
+        # to the float64 refinement, whose passes take them (one pass each instead of a block step);
+        # where they fail, the iteration resumes from the block
+        theta, block, resid, iters, ok = _iterate(gram, start, tol, max_iter, predict=True, near=_POWER_STEPS)
+        while ok:
+            steps = math.ceil(_power_steps(theta, resid, tol))
+            got = _refine64(work, wide, theta, block, resid, tol, steps)
+            if got is not None:
+                block = block.clone()
+                block[:, 0] = got[1].to(work.dtype)  # the refined top vector starts the next checkpoint
+                return TopSingular(max(got[0], 0.0) ** 0.5, block, iters, "iteration")
+            if steps == 0 or iters >= max_iter:
+                break  # the float32 bound held and the float64 one did not: the fallback decides
+            theta, block, resid, more, ok = _iterate(gram, block, tol, max_iter - iters, predict=True)
+            iters += more
     if work.dtype != torch.float64:
         # the Gram matrix from float32 products summed in float64: its top eigenvector, refined and
         # tested as the iteration's is, with its second eigenvalue plus _GRAM_ERR theta_1 as the gap
@@ -483,9 +546,9 @@ def matrix_top_singular(
         theta = evals.flip(0)[: k + 1]
         resid = torch.full_like(theta, _GRAM_ERR * max(float(theta[0]), 0.0))
         top = evecs[:, -k:].flip(1)
-        theta1 = _refine64(work, wide, theta, top, resid, tol)
-        if theta1 is not None:
-            return TopSingular(max(theta1, 0.0) ** 0.5, top.to(work.dtype), iters, "exact-fallback")
+        got = _refine64(work, wide, theta, top, resid, tol)
+        if got is not None:
+            return TopSingular(max(got[0], 0.0) ** 0.5, top.to(work.dtype), iters, "exact-fallback")
     w64 = work.double()
     evals, evecs = torch.linalg.eigh(w64 @ w64.T if wide else w64.T @ w64)
     top = evecs[:, -k:].flip(1).to(work.dtype)
