@@ -9,7 +9,9 @@ layers develop a few outlying singular values) plus small noise. Then, side by s
 
 - read:   the time to merely read every checkpoint's bytes (the I/O floor);
 - read+sha256: reading and hashing them, the floor of a verified read (every
-  read path checks each checkpoint's sha256 against the index);
+  read path checks each checkpoint's sha256 against the index); also printed
+  (not in the ratios) into one reused buffer, the floor of normdyn's reads,
+  which reuse theirs;
 - normdyn: ``normdyn.analyzers.analyze_store(..., ["spectral_complexity"])``
   over all checkpoints (reading, computing, storing in run.h5);
 - svd:    the reference approach, ``torch.linalg.svdvals`` of every layer of
@@ -89,12 +91,15 @@ def write_run(store: Path, checkpoints: int, drift: float, seed: int, init_facto
     return run
 
 
-def time_read(run: Run, *, hashed: bool = False) -> float:
-    """Seconds to read every checkpoint file's bytes (and, with ``hashed``, their sha256)."""
+def time_read(run: Run, *, hashed: bool = False, reuse: bool = False) -> float:
+    """Seconds to read every checkpoint file's bytes (and, with ``hashed``, their sha256), each into a
+    fresh buffer or, with ``reuse``, all into one (no page faults after the first)."""
     files = [run.path / f for f in run.checkpoints()["file"]]
     start = time.perf_counter()
+    shared = bytearray(max(path.stat().st_size for path in files)) if reuse else None
     for path in files:
-        buf = bytearray(path.stat().st_size)
+        size = path.stat().st_size
+        buf = bytearray(size) if shared is None else memoryview(shared)[:size]
         with open(path, "rb") as fh:
             fh.readinto(buf)
         if hashed:
@@ -149,6 +154,8 @@ def main() -> None:
         print(f"read bytes:       {t_read:.2f}s")
         t_verified = time_read(run, hashed=True)
         print(f"read + sha256:    {t_verified:.2f}s")
+        # the floor of normdyn's own reads, which reuse their buffers (core.checkpoint.ReadBuffers)
+        print(f"read + sha256 into one reused buffer: {time_read(run, hashed=True, reuse=True):.2f}s")
         start = time.perf_counter()
         summary = analyze_store(store, ["spectral_complexity"], device=args.device)
         t_nd = time.perf_counter() - start
