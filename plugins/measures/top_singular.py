@@ -47,8 +47,8 @@ _BLOCK = 8
 _CHUNK = 1 << 19  # float64 entries per chunk of the refinement: 4 MiB, about an L2 cache
 _SUM_CHUNK = 1024  # entries per float32 partial product of a Rayleigh-Ritz step (:func:`_inner_rows`)
 #: Power steps of the top Ritz vector (float64 passes, :func:`_refine64`) that a float32 iteration
-#: of a matrix hands over to instead of another block step: a step of 8 vectors costs about two
-#: passes of one (44 against 18 ms on 512 x 32768 in analyze, one CPU thread)
+#: of a matrix hands over to instead of another block step: a step of 8 vectors costs about three
+#: passes of one (64 against 23 ms on 512 x 32768 in analyze, one CPU thread, cProfile)
 _POWER_STEPS = 2
 
 
@@ -395,7 +395,7 @@ def _refine64(
     u. Converting into a fresh float64 tensor per chunk cost its page faults, chunks of M^T's
     rows (strided columns of M) a strided copy: 68 ms against 14 ms for the refinement of a
     512 x 32768 float32 layer (one CPU thread); column chunks of M, for one pass where A = M M^T,
-    a strided copy too (2.5x the time per entry in analyze). A power step costs one pass where a
+    a strided copy too (1.6x the time per entry in analyze). A power step costs one pass where a
     float32 block step costs a Gram product of the whole block: the iteration hands over to the
     refinement where :func:`_power_steps` says a few suffice."""
     v = vecs[:, 0].double()
