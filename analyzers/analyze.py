@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from normdyn.core import plugins
+from normdyn.core import plugins, threads
 from normdyn.core.checkpoint import CheckpointFile, ReadBuffers
 from normdyn.core.errors import ConfigError, NormdynError, StoreError
 from normdyn.core.executor import map_tasks
@@ -283,7 +283,9 @@ def _read_ahead(run_path: str, rows: Sequence[int]) -> Generator[Future[Checkpoi
     read only after it; it tells which case this is: where its work took more than
     ``_COMPUTE_BOUND`` times its read, the next row is read the same way (alone, after the work:
     a read's time lost per row, a few percent there), otherwise during the work, which then has
-    one thread fewer. Each row updates the verdict for the next."""
+    one thread fewer. Each row updates the verdict for the next. Work split into independent
+    pieces (:mod:`normdyn.core.threads`, whose workers wait at no barrier) keeps every thread:
+    analyze_run sets that budget."""
     run = Run(run_path)
     buffers = ReadBuffers()  # the reader's: a checkpoint's buffer is read into again once its tensors are gone
     threads = torch.get_num_threads()
@@ -355,49 +357,51 @@ def analyze_run(task: RunTask) -> RunOutcome:
     todos = {row: [r for r in records if task.force or not r.done(row)] for row in range(n)}
     reads = _read_ahead(task.run_path, [row for row in range(n) if todos[row]])
     rows = tqdm(range(n), desc=run.path.name, unit="ckpt", disable=not task.progress, leave=False)
-    try:
-        for row in rows:
-            todo = todos[row]
-            outcome.skipped += len(records) - len(todo)
-            if not todo:
-                continue
-            step = int(table["step"][row])
-            read = next(reads)
-            try:
-                view = CheckpointView.from_file(read.result(), context)
-            except Exception as exc:  # an unreadable checkpoint or a broken layer spec fails this row only
-                message = _read_message(exc, run.path / str(table["file"][row]))
-                for r in todo:
-                    r.fail(row, message)
-                    outcome.failures.append(f"{run.path.name} step {step} {r.measure.name}: {message}")
-                outcome.failed += len(todo)
-                continue
-            for r in todo:
-                try:
-                    if getattr(r.measure, "order_dependent", False):
-                        view.require_layer_order(r.measure.name)
-                    value = r.measure.compute(view, states[r.measure.name])
-                    values = value.values() if isinstance(value, dict) else [value]
-                    if not all(math.isfinite(float(v)) for v in values):
-                        raise NormdynError(_nonfinite_message(view, r.measure.name))
-                except Exception as exc:  # any measure failure is recorded per row; the batch goes on
-                    message = str(exc) if isinstance(exc, NormdynError) else f"{type(exc).__name__}: {exc}"
-                    if view.nonfinite_tensors():  # the cause, not the linear-algebra symptom
-                        message = _nonfinite_message(view, r.measure.name)
-                    r.fail(row, message)
-                    outcome.failed += 1
-                    outcome.failures.append(f"{run.path.name} step {step} {r.measure.name}: {message}")
+    # work split into pieces (normdyn.core.threads) keeps every thread while a read runs beside it
+    with threads.budget(torch.get_num_threads()):
+        try:
+            for row in rows:
+                todo = todos[row]
+                outcome.skipped += len(records) - len(todo)
+                if not todo:
                     continue
-                r.store(row, value)
-                outcome.computed += 1
-            if time.monotonic() - last_flush > _FLUSH_SECONDS:
-                for r in records:
-                    r.flush(run)
-                last_flush = time.monotonic()
-    finally:
-        reads.close()
-        for r in records:
-            r.flush(run)
+                step = int(table["step"][row])
+                read = next(reads)
+                try:
+                    view = CheckpointView.from_file(read.result(), context)
+                except Exception as exc:  # an unreadable checkpoint or a broken layer spec fails this row only
+                    message = _read_message(exc, run.path / str(table["file"][row]))
+                    for r in todo:
+                        r.fail(row, message)
+                        outcome.failures.append(f"{run.path.name} step {step} {r.measure.name}: {message}")
+                    outcome.failed += len(todo)
+                    continue
+                for r in todo:
+                    try:
+                        if getattr(r.measure, "order_dependent", False):
+                            view.require_layer_order(r.measure.name)
+                        value = r.measure.compute(view, states[r.measure.name])
+                        values = value.values() if isinstance(value, dict) else [value]
+                        if not all(math.isfinite(float(v)) for v in values):
+                            raise NormdynError(_nonfinite_message(view, r.measure.name))
+                    except Exception as exc:  # any measure failure is recorded per row; the batch goes on
+                        message = str(exc) if isinstance(exc, NormdynError) else f"{type(exc).__name__}: {exc}"
+                        if view.nonfinite_tensors():  # the cause, not the linear-algebra symptom
+                            message = _nonfinite_message(view, r.measure.name)
+                        r.fail(row, message)
+                        outcome.failed += 1
+                        outcome.failures.append(f"{run.path.name} step {step} {r.measure.name}: {message}")
+                        continue
+                    r.store(row, value)
+                    outcome.computed += 1
+                if time.monotonic() - last_flush > _FLUSH_SECONDS:
+                    for r in records:
+                        r.flush(run)
+                    last_flush = time.monotonic()
+        finally:
+            reads.close()
+            for r in records:
+                r.flush(run)
     outcome.warnings.extend(context.warnings)
     return outcome
 

@@ -88,6 +88,35 @@ def test_the_reader_thread_gives_torch_its_threads_back(tmp_path: Path) -> None:
         torch.set_num_threads(before)
 
 
+def test_pieces_keep_every_thread_while_torch_has_one_fewer_beside_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normdyn.analyzers import analyze
+    from normdyn.core import plugins, threads
+
+    _make_run(tmp_path)
+    monkeypatch.setattr(analyze, "_COMPUTE_BOUND", float("inf"))  # every row after the first overlaps a read
+    measure = plugins.registry("measures").get("spectral_complexity")
+    compute = measure.compute
+    seen: list[tuple[int, int]] = []
+
+    def recording(view, state):  # type: ignore[no-untyped-def]
+        seen.append((torch.get_num_threads(), threads.workers()))
+        return compute(view, state)
+
+    monkeypatch.setattr(measure, "compute", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert analyze_store(tmp_path, ["spectral_complexity"]).ok
+        # torch: both threads for the first row, one beside each later row's read; the pieces of
+        # normdyn.core.threads (no barrier a reader can stall) keep both throughout
+        assert seen == [(2, 2), (1, 2), (1, 2)]
+        assert threads.workers() == 2  # the budget ends with the run
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_agrees_with_the_cpu(tmp_path: Path) -> None:
     run = _make_run(tmp_path)

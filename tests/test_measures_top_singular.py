@@ -204,3 +204,33 @@ def test_the_iteration_gives_up_early_on_a_bulk_and_runs_on_where_its_rate_will_
     assert handed.method == "iteration" and handed.iterations < far.iterations
     for got in (far, handed):
         assert abs(got.sigma - sv[0]) / sv[0] <= DEFAULT_TOL / 2  # the float32 matrix's own sigma_1
+
+
+@pytest.mark.parametrize("shape", [(300, 3000), (3000, 300)])
+def test_any_number_of_workers_gives_the_same_value_in_many_pieces(
+    shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normdyn.core import threads
+
+    # small pieces and chunks, so every product is split: 3 Gram pieces of the 3000-long side,
+    # 300 (wide) or 231 (tall) chunks of the refinement in 16 groups
+    monkeypatch.setattr(ts, "_PIECE", 1 << 15)
+    monkeypatch.setattr(ts, "_CHUNK", 1 << 12)
+    rows, cols = shape
+    s = np.concatenate([[1.0, 0.9], np.linspace(0.5, 0.0, 298)]) * 10.0
+    m = torch.tensor(_with_spectrum(rows, cols, s, seed=11), dtype=torch.float32)
+    drifted = m + 1e-3 * torch.tensor(np.random.default_rng(12).standard_normal(shape), dtype=torch.float32)
+    exact = np.linalg.svd(drifted.double().numpy(), compute_uv=False)[0]
+    results = {}
+    for n in (1, 2, 3):
+        with threads.budget(n):
+            cold = matrix_top_singular(m, max_iter=1)  # the Gram fallback: its chunk groups
+            warm = matrix_top_singular(drifted, cold.block)  # the iteration and the refinement
+        results[n] = (cold, warm)
+    assert results[1][0].method == "exact-fallback" and results[1][1].method == "iteration"
+    for n in (2, 3):
+        # each piece is the same arithmetic on one thread wherever it runs, and the pieces are
+        # summed in their order: the results are the same to the bit, not merely close
+        for one, other in zip(results[1], results[n]):
+            assert one.sigma == other.sigma and torch.equal(one.block, other.block)
+    assert abs(results[1][1].sigma - exact) / exact <= DEFAULT_TOL / 2

@@ -45,13 +45,13 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from math import prod
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from normdyn.core import threads
 from normdyn.core.errors import MeasureError
 from normdyn.core.hookspecs import hookimpl
 from normdyn.core.layers import LayerSpec
@@ -426,14 +426,11 @@ def conv_norm(
     return iterative_conv_norm(layer, weight, warm, tol=tol, symbol=symbol)
 
 
-def _single_threaded() -> None:
-    torch.set_num_threads(1)  # torch's intra-op thread count is per thread: this worker's own
-
-
 def conv_operator_norms(view: Any, state: dict[str, Any], *, fold_bn: bool, tol: float) -> dict[str, float]:
     """Operator norm of every conv layer of ``view``, by layer name (cached in ``view.cache``).
 
-    On the CPU with torch running n > 1 intra-op threads, the layers go to n worker threads of one
+    On the CPU with n > 1 workers (:func:`normdyn.core.threads.workers`: torch's intra-op threads,
+    or analyze's budget beside its reader), the layers go to n worker threads of one
     intra-op thread each, the longest first (by the previous checkpoint's times), instead of one
     after another with n threads per operation: the iteration's operations are small (a conv on
     4 vectors, products with a 4-row block), whose n-thread speedup is well below n. Every layer's
@@ -459,14 +456,23 @@ def conv_operator_norms(view: Any, state: dict[str, Any], *, fold_bn: bool, tol:
         sigma, block = conv_norm(layer, weight, start, tol=tol, symbol=symbol)
         return sigma, block, time.perf_counter() - t0
 
-    threads = torch.get_num_threads()
-    if threads > 1 and len(jobs) > 1 and torch.device(view.device).type == "cpu":
-        order = sorted(jobs, key=lambda job: -seconds.get(job[0].name, float("inf")))
-        with ThreadPoolExecutor(min(threads, len(jobs)), initializer=_single_threaded) as pool:
-            futures = {job[0].name: pool.submit(work, job) for job in order}
-            results = [futures[job[0].name].result() for job in jobs]
-    else:
-        results = [work(job) for job in jobs]
+    def attempt(
+        job: tuple[LayerSpec, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]],
+    ) -> tuple[float, torch.Tensor | None, float] | Exception:
+        try:
+            return work(job)
+        except Exception as exc:  # raised below in model order, not in the order of the schedule
+            return exc
+
+    order = sorted(jobs, key=lambda job: -seconds.get(job[0].name, float("inf")))
+    workers = threads.workers() if torch.device(view.device).type == "cpu" else 1
+    done = dict(zip((job[0].name for job in order), threads.map_ordered(attempt, order, min(workers, len(jobs)))))
+    results = []
+    for job in jobs:
+        got = done[job[0].name]
+        if isinstance(got, Exception):
+            raise got
+        results.append(got)
     out = {}
     for (layer, *_), (sigma, block, dt) in zip(jobs, results):
         if block is not None:

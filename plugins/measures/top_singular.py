@@ -26,26 +26,39 @@ the bound after ``max_iter`` steps, or after that refinement, falls back to
 the eigen-decomposition of its Gram matrix: from float32 products summed in
 float64, its top eigenvector refined and tested as the iteration's; the
 float64 Gram matrix where that fails. The refinement passes over the matrix
-in float64 chunks of about 4 MiB of its rows, converted into one buffer,
-never a whole float64 copy: on the 512 x 32768 float32 layer of the CIFAR CNN
+in float64 chunks of about 2 MiB of its rows, converted into one buffer
+per worker thread, never a whole float64 copy: on the 512 x 32768 float32 layer of the CIFAR CNN
 that copy alone cost 36 ms, half of a warm-started call (2 CPU cores).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from queue import Empty, SimpleQueue
 
+import numpy as np
 import torch
+
+from normdyn.core.threads import map_ordered
 
 __all__ = ["TopSingular", "matrix_top_singular", "operator_top_singular", "DEFAULT_TOL"]
 
 DEFAULT_TOL = 1e-7
 _EXACT_COST = 5e7  # m * n * min(m, n) below which a full decomposition is cheaper than iterating
 _BLOCK = 8
-_CHUNK = 1 << 19  # float64 entries per chunk of the refinement: 4 MiB, about an L2 cache
+#: float64 entries per chunk of the refinement: 2 MiB, 18.5 ms a pass over 512 x 32768 against 19-23
+#: for 4 MiB in one thread, 12 against 16-18 ms on 2 workers (2 CPU cores)
+_CHUNK = 1 << 18
 _SUM_CHUNK = 1024  # entries per float32 partial product of a Rayleigh-Ritz step (:func:`_inner_rows`)
+#: Entries of M per piece of a Gram product on the CPU (its columns, or rows, along the longer
+#: side: 16 pieces of 512 x 2048 for the CIFAR CNN's 512 x 32768 layer), which both products of
+#: the piece read while it is in cache
+_PIECE = 1 << 20
+#: Groups of the refinement's row chunks, each one task of :func:`map_ordered` with its own partial
+#: sums (so its results do not depend on the number of workers)
+_GROUPS = 16
 #: Power steps of the top Ritz vector (float64 passes, :func:`_refine64`) that a float32 iteration
 #: of a matrix hands over to instead of another block step: a step of 8 vectors costs about three
 #: passes of one (64 against 23 ms on 512 x 32768 in analyze, one CPU thread, cProfile)
@@ -389,46 +402,92 @@ def _refine64(
     to ``steps`` power steps v <- A v / ||A v||, each tested again.
 
     M is converted to float64 chunk by chunk of its rows (contiguous, about ``_CHUNK`` entries)
-    into one buffer, in cache. Where A = M^T M, one pass per vector: theta_1 = sum of ||M_r v||^2,
-    A v = sum of M_r^T (M_r v). Where A = M M^T, u = M^T v takes a first pass, then each pass
-    gives A v = M u and, while power steps remain, M^T (A v) on the same chunks, the next vector's
-    u. Converting into a fresh float64 tensor per chunk cost its page faults, chunks of M^T's
-    rows (strided columns of M) a strided copy: 68 ms against 14 ms for the refinement of a
-    512 x 32768 float32 layer (one CPU thread); column chunks of M, for one pass where A = M M^T,
-    a strided copy too (1.6x the time per entry in analyze). A power step costs one pass where a
+    into one buffer per worker, in cache; the chunks form ``_GROUPS`` groups, each a task of
+    :func:`map_ordered` with its own partial sums, added in group order. Where A = M^T M, one
+    pass per vector: theta_1 = sum of ||M_r v||^2, A v = sum of M_r^T (M_r v). Where A = M M^T,
+    u = M^T v takes a first pass, then each pass gives A v = M u and, while power steps remain,
+    M^T (A v) on the same chunks, the next vector's u. Converting into a fresh float64 tensor
+    per chunk cost its page faults, chunks of M^T's rows (strided columns of M) a strided copy:
+    68 ms against 14 ms for the refinement of a 512 x 32768 float32 layer (one CPU thread);
+    column chunks of M, for one pass where A = M M^T, a strided copy too (1.6x the time per
+    entry in analyze). numpy for these float64 chunk products was slower inside analyze (1.72
+    against 1.53 s over 40 checkpoints on one worker), so they stay in torch. A power step costs one pass where a
     float32 block step costs a Gram product of the whole block: the iteration hands over to the
     refinement where :func:`_power_steps` says a few suffice."""
     v = vecs[:, 0].double()
     v = v / torch.linalg.vector_norm(v)
     rows, cols = m.shape
     step = max(1, _CHUNK // cols)
-    buf = torch.empty(min(step, rows), cols, dtype=torch.float64, device=m.device)
+    starts = list(range(0, rows, step))
+    count = min(len(starts), _GROUPS)
+    groups = [starts[i * len(starts) // count : (i + 1) * len(starts) // count] for i in range(count)]
+    acc = torch.empty(count, cols, dtype=torch.float64, device=m.device)
+    scalars = torch.zeros(count, dtype=torch.float64, device=m.device)
+    free: SimpleQueue[torch.Tensor] = SimpleQueue()  # conversion buffers, one per worker at most
 
-    def chunks() -> Iterator[tuple[int, int, torch.Tensor]]:
-        for start in range(0, rows, step):
-            stop = min(start + step, rows)
-            chunk = buf[: stop - start]
-            chunk.copy_(m[start:stop])
-            yield start, stop, chunk
+    def pass_(work: Callable[[int, int, int, torch.Tensor], object]) -> None:
+        """``work(group, start, stop, chunk)`` on every chunk, each converted to float64 into its
+        worker's buffer, the groups on the worker threads (:func:`map_ordered`), each group's
+        chunks in order."""
 
-    u = torch.zeros(cols, dtype=torch.float64, device=m.device)
+        def group(g: int) -> None:
+            try:
+                buf = free.get_nowait()
+            except Empty:
+                buf = torch.empty(min(step, rows), cols, dtype=torch.float64, device=m.device)
+            try:
+                for start in groups[g]:
+                    stop = min(start + step, rows)
+                    chunk = buf[: stop - start]
+                    chunk.copy_(m[start:stop])
+                    work(g, start, stop, chunk)
+            finally:
+                free.put(buf)
+
+        map_ordered(group, range(count), None if m.device.type == "cpu" else 1)  # one thread feeds a GPU
+
+    def summed(parts: torch.Tensor) -> torch.Tensor:
+        out = parts[0].clone()
+        for part in parts[1:]:  # in group order, whatever the schedule
+            out += part
+        return out
+
     if wide:  # v over M's rows: u = M^T v
-        for start, stop, chunk in chunks():
-            u.addmv_(chunk.T, v[start:stop])
+        acc.zero_()
+        pass_(lambda g, start, stop, chunk: acc[g].addmv_(chunk.T, v[start:stop]))
+        u = summed(acc)
     for attempt in range(steps + 1):
         more = attempt < steps
-        av = torch.empty_like(v) if wide else torch.zeros_like(v)
-        theta1 = u @ u if wide else torch.zeros((), dtype=torch.float64, device=m.device)
-        after = torch.zeros_like(u) if wide and more else None  # M^T (A v), for the next vector
-        for start, stop, chunk in chunks():
-            if wide:
-                av[start:stop] = chunk @ u
-                if after is not None:
-                    after.addmv_(chunk.T, av[start:stop])
-            else:
+        acc.zero_()
+        if wide:
+            av = torch.empty_like(v)
+            theta1 = u @ u
+
+            def wide_pass(
+                g: int,
+                start: int,
+                stop: int,
+                chunk: torch.Tensor,
+                u: torch.Tensor = u,
+                av: torch.Tensor = av,
+                more: bool = more,
+            ) -> None:
+                torch.mv(chunk, u, out=av[start:stop])  # rows of M u: disjoint slices
+                if more:  # M^T (A v), for the next vector
+                    acc[g].addmv_(chunk.T, av[start:stop])
+
+            pass_(wide_pass)
+            after = summed(acc) if more else None
+        else:
+            scalars.zero_()
+
+            def tall_pass(g: int, start: int, stop: int, chunk: torch.Tensor, v: torch.Tensor = v) -> None:
                 part = chunk @ v
-                theta1 += part @ part
-                av.addmv_(chunk.T, part)
+                scalars[g] += part @ part
+                acc[g].addmv_(chunk.T, part)
+
+            pass_(tall_pass)
+            av, theta1, after = summed(acc), summed(scalars), None
         r1 = torch.linalg.vector_norm(av - theta1 * v)
         theta64 = torch.cat([theta1.reshape(1).cpu(), theta[1:].cpu()])
         resid64 = torch.cat([r1.reshape(1).cpu(), resid[1:].cpu()])
@@ -452,14 +511,34 @@ def _gram_chunked(m: torch.Tensor, wide: bool) -> torch.Tensor:
     """M M^T if ``wide`` else M^T M, in float64, for a float32 M without its float64 copy: float32
     products over chunks of ``_SUM_CHUNK`` of the summed dimension, summed in float64 (as
     :func:`_inner_rows`). 198 ms against 439 ms for the float64 copy and its product on a
-    512 x 32768 layer (one CPU thread), largest entry error 4.7e-8 of the largest entry."""
+    512 x 32768 layer (one CPU thread), largest entry error 4.7e-8 of the largest entry. On the
+    CPU the chunks form up to 4 groups (fewer where their sums would take more than 64 MiB), each
+    a task of :func:`map_ordered` with its own sum, the sums added in group order."""
     rows, cols = m.shape
     dim, summed = (rows, cols) if wide else (cols, rows)
-    out = torch.zeros(dim, dim, dtype=torch.float64, device=m.device)
-    for start in range(0, summed, _SUM_CHUNK):
-        part = m[:, start : start + _SUM_CHUNK] if wide else m[start : start + _SUM_CHUNK].T
-        out += part @ part.T
-    return out
+    starts = list(range(0, summed, _SUM_CHUNK))
+    count = max(1, min(4, len(starts), (8 << 20) // (dim * dim)))
+
+    if m.device.type != "cpu":
+        out = torch.zeros(dim, dim, dtype=torch.float64, device=m.device)
+        for start in starts:
+            part = m[:, start : start + _SUM_CHUNK] if wide else m[start : start + _SUM_CHUNK].T
+            out += part @ part.T
+        return out
+    array = m.numpy(force=True)  # numpy's BLAS, as the iteration's products (matrix_top_singular)
+
+    def group(i: int) -> np.ndarray:
+        out = np.zeros((dim, dim))
+        for start in starts[i * len(starts) // count : (i + 1) * len(starts) // count]:
+            part = array[:, start : start + _SUM_CHUNK] if wide else array[start : start + _SUM_CHUNK].T
+            out += part @ part.T
+        return out
+
+    sums = map_ordered(group, range(count))
+    total = sums[0]
+    for more in sums[1:]:
+        total += more
+    return torch.from_numpy(total)
 
 
 def _start_block(
@@ -509,13 +588,33 @@ def matrix_top_singular(
     dim = rows if wide else cols
     work = m if m.is_floating_point() and m.dtype in (torch.float32, torch.float64) else m.float()
 
+    long = cols if wide else rows
+    width = max(_SUM_CHUNK, _PIECE // dim)
+    pieces = [(a, min(a + width, long)) for a in range(0, long, width)]
+    array = work.numpy(force=True) if work.device.type == "cpu" else None  # the same memory
+
     def gram(block: torch.Tensor) -> torch.Tensor:
         # in row form, the block's transpose on the left of both products: 21 against 28 ms on a
         # 512 x 32768 float32 layer, 17 against 95 ms on its transpose (block of 8, one CPU thread)
         rows_t = block.T.contiguous()
-        if wide:
-            return ((rows_t @ work) @ work.T).T
-        return ((rows_t @ work.T) @ work).T
+        if array is None:
+            return ((rows_t @ work) @ work.T).T if wide else ((rows_t @ work.T) @ work).T
+        # on the CPU, A = sum over pieces P (column blocks of M, or row blocks of M^T) of P P^T, on
+        # the worker threads of normdyn.core.threads (no barrier for a reader thread to stall) and
+        # summed in their order, so any number of workers gives the same value; in numpy, whose
+        # OpenBLAS ran these thin products in 34 ms for the 16 pieces of 512 x 32768 against 48 ms
+        # in torch's MKL, whole or in pieces (one thread; 19.5 against 28 ms on 2 workers, AMD EPYC)
+        left = rows_t.numpy(force=True)
+
+        def piece(span: tuple[int, int]) -> np.ndarray:
+            p = array[:, span[0] : span[1]] if wide else array[span[0] : span[1]].T
+            return (left @ p) @ p.T
+
+        parts = map_ordered(piece, pieces)
+        out = parts[0]
+        for part in parts[1:]:
+            out += part
+        return torch.from_numpy(out).T
 
     k = min(_BLOCK, dim)
     start = _start_block(dim, k, warm, work.dtype, work.device, seed)
