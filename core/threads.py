@@ -41,6 +41,7 @@ _BUDGET: ContextVar[int | None] = ContextVar("normdyn_thread_budget", default=No
 _LOCK = threading.Lock()
 _POOLS: dict[int, ThreadPoolExecutor] = {}  # by size, so a call runs on at most its n threads
 _BLAS: dict[str, Any] = {"users": 0, "limit": None, "controller": None}
+_PREFIX = "normdyn-work"  # the pool's thread names
 
 
 def workers() -> int:
@@ -68,15 +69,18 @@ def _pool(size: int) -> ThreadPoolExecutor:
     with _LOCK:
         pool = _POOLS.get(size)
         if pool is None:
-            pool = _POOLS[size] = ThreadPoolExecutor(
-                size, thread_name_prefix="normdyn-work", initializer=_single_threaded
-            )
+            pool = _POOLS[size] = ThreadPoolExecutor(size, thread_name_prefix=_PREFIX, initializer=_single_threaded)
         return pool
 
 
 def _forget_pools() -> None:
-    """In a forked child the parent's worker threads do not exist: new pools start when needed."""
+    """In a forked child the parent's worker threads do not exist, nor its callers: new pools start
+    when needed, no caller holds numpy's BLAS, and the lock is a new one (a parent's thread may have
+    held it at the fork)."""
+    global _LOCK
+    _LOCK = threading.Lock()
     _POOLS.clear()
+    _BLAS.update(users=0, limit=None)
 
 
 if hasattr(os, "register_at_fork"):
@@ -117,6 +121,8 @@ def map_ordered(fn: Callable[[T], R], items: Iterable[T], n: int | None = None) 
     workers there are."""
     todo = list(items)
     n = workers() if n is None else max(1, n)
+    if threading.current_thread().name.startswith(_PREFIX):
+        n = 1  # a piece that splits its own work: waiting on its own pool could take every worker
     with _blas_single():
         if n == 1 or len(todo) <= 1:
             own = torch.get_num_threads()

@@ -118,3 +118,13 @@ def test_numpy_blas_is_one_thread_inside_and_restored_once_by_the_last_caller() 
     # and a piece's product is numpy's usual one
     x = np.arange(12.0).reshape(3, 4)
     assert threads.map_ordered(lambda i: float((x @ x.T)[i, i]), range(3), 2) == [14.0, 126.0, 366.0]
+
+
+def test_a_piece_that_splits_its_own_work_runs_it_in_place() -> None:
+    # every worker of a 2-thread pool waiting on pieces queued behind it would never finish: inside
+    # a worker, map_ordered runs in the calling thread whatever n it is given
+    def outer(i: int) -> list[str]:
+        return threads.map_ordered(lambda j: threading.current_thread().name, range(3), 2)
+
+    for names in threads.map_ordered(outer, range(4), 2):
+        assert len(set(names)) == 1 and names[0].startswith("normdyn-work")
