@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe  # benchmarks/machine.py, beside this script
 from safetensors.torch import load_file
 
 from normdyn.analyzers.api import analyze_store
@@ -142,6 +143,7 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, default=None, help="Write the store here and keep it.")
     args = parser.parse_args()
+    print(describe(), flush=True)
     store = args.keep or Path(tempfile.mkdtemp(prefix="normdyn-analyze-bench-"))
     try:
         t0 = time.perf_counter()

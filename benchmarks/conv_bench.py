@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe  # benchmarks/machine.py, beside this script
 from safetensors.torch import load_file
 from scipy.sparse.linalg import LinearOperator, eigsh
 
@@ -172,6 +173,7 @@ def main() -> None:
         help="conv_operator_norm's tol (bound on the relative error of sigma_1^2; default the measure's, 1e-6).",
     )
     args = parser.parse_args()
+    print(describe(), flush=True)
     if args.tol is not None:
         # measures take their params from the registered instance (analyze has no per-call params):
         # the benchmark sets this process's instance, and the store records the tol it ran with

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import describe  # benchmarks/machine.py, beside this script
 
 from normdyn.core import plugins
 from normdyn.core.hookspecs import hookimpl
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    print(describe(), flush=True)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available on this machine; use --device cpu")
     if args.threads:

@@ -35,6 +35,7 @@ import statistics
 import time
 
 import torch
+from machine import describe  # benchmarks/machine.py, beside this script
 
 from normdyn.core import plugins
 from normdyn.core.sampling import subset_indices
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps per repeat, phase and side")
     parser.add_argument("--repeats", type=int, default=3, help="repeats, the order of the sides alternating")
     args = parser.parse_args()
+    print(describe(), flush=True)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available here")
     alphas = tuple(float(a) for a in args.alphas.split(","))

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from machine import describe  # benchmarks/machine.py, beside this script
 from torch.utils.data import DataLoader, TensorDataset
 
 from normdyn.core import plugins
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    print(describe(), flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
