@@ -52,7 +52,9 @@ def workers() -> int:
 
 @contextmanager
 def budget(n: int) -> Iterator[None]:
-    """Within the block, :func:`workers` is ``n`` in this thread (and its context)."""
+    """Within the block, :func:`workers` is ``n`` in this thread (and its context). A plain block:
+    across a generator's ``yield`` the budget would leak to the consumer, and a generator closed in
+    another context could not reset it."""
     token = _BUDGET.set(max(1, int(n)))
     try:
         yield
@@ -60,16 +62,12 @@ def budget(n: int) -> Iterator[None]:
         _BUDGET.reset(token)
 
 
-def _single_threaded() -> None:
-    torch.set_num_threads(1)  # per thread: this worker's own intra-op count
-
-
 def _pool(size: int) -> ThreadPoolExecutor:
     """The process's pool of ``size`` worker threads."""
     with _LOCK:
         pool = _POOLS.get(size)
         if pool is None:
-            pool = _POOLS[size] = ThreadPoolExecutor(size, thread_name_prefix=_PREFIX, initializer=_single_threaded)
+            pool = _POOLS[size] = ThreadPoolExecutor(size, thread_name_prefix=_PREFIX)
         return pool
 
 
@@ -80,6 +78,8 @@ def _forget_pools() -> None:
     global _LOCK
     _LOCK = threading.Lock()
     _POOLS.clear()
+    if _BLAS["limit"] is not None:  # a parent's caller held it: the child gets the setting it had
+        _BLAS["limit"].restore_original_limits()
     _BLAS.update(users=0, limit=None)
 
 
@@ -92,8 +92,10 @@ def _blas_single() -> Iterator[None]:
     """numpy's BLAS (OpenBLAS in its wheels) on one thread while any caller is inside: its thread
     count is one per process, not per thread, and its threads wait at a barrier like OpenMP's (a
     2-thread product of 8 x 512 by 512 x 32768 float32 took 63 ms beside a hashing thread against
-    34 ms in one thread); the pieces are the parallelism. Counted, so overlapping callers (the
-    layer workers of the conv norms) restore the user's setting once, when the last one leaves."""
+    34 ms in one thread); the pieces are the parallelism. Other threads' numpy and scipy products
+    run on one BLAS thread meanwhile too. Counted, so overlapping callers (the layer workers of the
+    conv norms) restore the user's setting once, when the last one leaves. Libraries are found
+    when the first caller enters (threadpoolctl's scan): a BLAS loaded later is not held."""
     with _LOCK:
         if _BLAS["users"] == 0:
             if _BLAS["controller"] is None:
@@ -115,28 +117,47 @@ def _blas_single() -> Iterator[None]:
 def map_ordered(fn: Callable[[T], R], items: Iterable[T], n: int | None = None) -> list[R]:
     """``[fn(item) for item in items]``, on ``n`` (default :func:`workers`) threads of one intra-op
     thread each (numpy's BLAS on one thread meanwhile, :func:`_blas_single`), the items handed
-    out in order as workers free up; the first exception (in item order) is raised after every
-    piece has finished or been cancelled. With one worker (or one item) it runs in the calling
-    thread, with one torch thread meanwhile, so every piece runs the same arithmetic however many
-    workers there are."""
+    out in order as workers free up, each run with the caller's autograd and inference modes (a
+    thread's own, which a worker would not otherwise have); the first exception (in item order)
+    is raised after every piece has finished or been cancelled. With one worker it runs in the
+    calling thread, with one torch thread meanwhile, so every piece runs the same arithmetic
+    however many workers there are; a single item runs there with the caller's threads (there is
+    nothing to split, so no number of workers changes its arithmetic)."""
     todo = list(items)
     n = workers() if n is None else max(1, n)
     if threading.current_thread().name.startswith(_PREFIX):
         n = 1  # a piece that splits its own work: waiting on its own pool could take every worker
+    own = torch.get_num_threads()
     with _blas_single():
-        if n == 1 or len(todo) <= 1:
-            own = torch.get_num_threads()
+        if len(todo) <= 1:
+            return [fn(item) for item in todo]
+        if n == 1:
             torch.set_num_threads(1)  # each piece on one thread wherever it runs: the same arithmetic
             try:
                 return [fn(item) for item in todo]
             finally:
                 torch.set_num_threads(own)
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def run(item: T) -> R:
+            torch.set_num_threads(1)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return fn(item)
+
         pool = _pool(n)
-        futures: list[Future[R]] = [pool.submit(fn, item) for item in todo]
+        futures: list[Future[R]] = []
         try:
+            for item in todo:
+                futures.append(pool.submit(run, item))
             return [f.result() for f in futures]
         except BaseException:
             for f in futures:
                 f.cancel()
-            wait(futures)  # none still writes into the caller's buffers
             raise
+        finally:
+            wait(futures)  # none still writes into the caller's buffers
+            # torch.set_num_threads also sets the count every thread started later begins with (and
+            # that the pool's threads report when they next ask): the workers' 1 would otherwise
+            # leave later threads of the process (a user's, Dask's) on one thread; the caller's
+            # setting of its own count puts that back
+            torch.set_num_threads(own)

@@ -98,7 +98,7 @@ def test_numpy_blas_is_one_thread_inside_and_restored_once_by_the_last_caller() 
         threads.map_ordered(lambda i: i, range(3), 1)  # an inner caller leaves first
         return _blas_threads()  # and must not have given the outer one its threads back
 
-    assert threads.map_ordered(nested, range(1), 1) == [[1] * len(outside)]
+    assert threads.map_ordered(nested, range(2), 1) == [[1] * len(outside)] * 2
     assert _blas_threads() == outside
 
     gate = threading.Barrier(2)
@@ -128,3 +128,31 @@ def test_a_piece_that_splits_its_own_work_runs_it_in_place() -> None:
 
     for names in threads.map_ordered(outer, range(4), 2):
         assert len(set(names)) == 1 and names[0].startswith("normdyn-work")
+
+
+def test_pieces_run_in_the_callers_autograd_and_inference_modes() -> None:
+    def modes(_: int) -> tuple[bool, bool]:
+        return torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    # both are a thread's own: a worker would otherwise compute with grad on and inference off
+    with torch.inference_mode():
+        assert set(threads.map_ordered(modes, range(4), 2)) == {(False, True)}
+    with torch.no_grad():
+        assert set(threads.map_ordered(modes, range(4), 2)) == {(False, False)}
+    assert set(threads.map_ordered(modes, range(4), 2)) == {(True, False)}
+
+
+def test_a_thread_started_after_the_pieces_begins_with_the_callers_thread_count() -> None:
+    # torch.set_num_threads also sets the count later threads begin with: the workers' 1 must not
+    # stay the process's default
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads.map_ordered(lambda i: torch.get_num_threads(), range(6), 2)
+        seen: list[int] = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert seen == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -234,3 +234,20 @@ def test_any_number_of_workers_gives_the_same_value_in_many_pieces(
         for one, other in zip(results[1], results[n]):
             assert one.sigma == other.sigma and torch.equal(one.block, other.block)
     assert abs(results[1][1].sigma - exact) / exact <= DEFAULT_TOL / 2
+
+
+def test_a_weight_with_a_graph_or_under_inference_mode_gives_the_same_value_on_workers() -> None:
+    from normdyn.core import threads
+
+    rng = np.random.default_rng(13)
+    m = torch.tensor(rng.standard_normal((256, 8192)), dtype=torch.float32)
+    with threads.budget(2):
+        plain = matrix_top_singular(m)
+        # the workers compute with the caller's modes, and a tensor that requires grad is read as a value
+        with torch.inference_mode():
+            inference = matrix_top_singular(m.clone())
+        graph = matrix_top_singular(m.clone().requires_grad_(True))
+        tall = matrix_top_singular(m.T.contiguous().requires_grad_(True))
+    # the same arithmetic on the same values: equal to the bit (tall: the other side's Gram operator)
+    assert inference.sigma == plain.sigma and graph.sigma == plain.sigma
+    assert tall.sigma == pytest.approx(plain.sigma, rel=DEFAULT_TOL)

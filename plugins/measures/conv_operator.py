@@ -464,15 +464,18 @@ def conv_operator_norms(view: Any, state: dict[str, Any], *, fold_bn: bool, tol:
         except Exception as exc:  # raised below in model order, not in the order of the schedule
             return exc
 
-    order = sorted(jobs, key=lambda job: -seconds.get(job[0].name, float("inf")))
-    workers = threads.workers() if torch.device(view.device).type == "cpu" else 1
-    done = dict(zip((job[0].name for job in order), threads.map_ordered(attempt, order, min(workers, len(jobs)))))
-    results = []
-    for job in jobs:
-        got = done[job[0].name]
-        if isinstance(got, Exception):
-            raise got
-        results.append(got)
+    workers = threads.workers()
+    if workers > 1 and len(jobs) > 1 and torch.device(view.device).type == "cpu":
+        order = sorted(jobs, key=lambda job: -seconds.get(job[0].name, float("inf")))
+        done = dict(zip((job[0].name for job in order), threads.map_ordered(attempt, order, workers)))
+        results = []
+        for job in jobs:
+            got = done[job[0].name]
+            if isinstance(got, Exception):
+                raise got
+            results.append(got)
+    else:  # one layer, one worker or a GPU: in this thread with its own torch threads
+        results = [work(job) for job in jobs]
     out = {}
     for (layer, *_), (sigma, block, dt) in zip(jobs, results):
         if block is not None:

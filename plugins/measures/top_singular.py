@@ -402,8 +402,9 @@ def _refine64(
     to ``steps`` power steps v <- A v / ||A v||, each tested again.
 
     M is converted to float64 chunk by chunk of its rows (contiguous, about ``_CHUNK`` entries)
-    into one buffer per worker, in cache; the chunks form ``_GROUPS`` groups, each a task of
-    :func:`map_ordered` with its own partial sums, added in group order. Where A = M^T M, one
+    into a reused buffer (one per group running at once), in cache; the chunks form up to
+    ``_GROUPS`` groups, each a task of :func:`map_ordered` with its own partial sums, added in
+    group order. Where A = M^T M, one
     pass per vector: theta_1 = sum of ||M_r v||^2, A v = sum of M_r^T (M_r v). Where A = M M^T,
     u = M^T v takes a first pass, then each pass gives A v = M u and, while power steps remain,
     M^T (A v) on the same chunks, the next vector's u. Converting into a fresh float64 tensor
@@ -575,6 +576,7 @@ def matrix_top_singular(
     separated top (the next checkpoint, whose top the first one's block
     hardly holds) finishes in 5 instead of giving up after 4.
     """
+    m = m.detach()  # a value, never a graph: the products write into buffers (out=, in place)
     rows, cols = m.shape
     if rows == 0 or cols == 0:
         return TopSingular(0.0, None, 0, "exact")
