@@ -26,17 +26,21 @@ the bound after ``max_iter`` steps, or after that refinement, falls back to
 the eigen-decomposition of its Gram matrix: from float32 products summed in
 float64, its top eigenvector refined and tested as the iteration's; the
 float64 Gram matrix where that fails. The refinement passes over the matrix
-in float64 chunks of about 2 MiB of its rows, converted into one buffer
-per worker thread, never a whole float64 copy: on the 512 x 32768 float32 layer of the CIFAR CNN
-that copy alone cost 36 ms, half of a warm-started call (2 CPU cores).
+in float64 chunks of about 2 MiB of its rows, converted into reused
+buffers (one per piece of work running at once), never a whole float64 copy:
+on the 512 x 32768 float32 layer of the CIFAR CNN that copy alone cost 36 ms,
+half of a warm-started call (2 CPU cores).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
+from typing import Any
 
 import numpy as np
 import torch
@@ -369,6 +373,12 @@ def _iterate_krylov(
     return theta, vecs[:k].T, resid, max_iter, False
 
 
+def _ordered_sum(parts: Iterable[Any]) -> Any:
+    """parts[0] + parts[1] + ... added in that order, into new arrays or tensors (the pieces of
+    :func:`map_ordered`, or the rows of a partial-sum tensor): the same value whatever the schedule."""
+    return functools.reduce(operator.add, parts)
+
+
 def _power_steps(theta: torch.Tensor, resid: torch.Tensor, tol: float) -> float:
     """Power steps (v <- A v / ||A v||) the top Ritz vector needs for :func:`_converged`'s
     Kato-Temple bound: each scales its error, and so r_1, by at most lambda_2 / lambda_1, estimated
@@ -404,17 +414,17 @@ def _refine64(
     M is converted to float64 chunk by chunk of its rows (contiguous, about ``_CHUNK`` entries)
     into a reused buffer (one per group running at once), in cache; the chunks form up to
     ``_GROUPS`` groups, each a task of :func:`map_ordered` with its own partial sums, added in
-    group order. Where A = M^T M, one
-    pass per vector: theta_1 = sum of ||M_r v||^2, A v = sum of M_r^T (M_r v). Where A = M M^T,
-    u = M^T v takes a first pass, then each pass gives A v = M u and, while power steps remain,
-    M^T (A v) on the same chunks, the next vector's u. Converting into a fresh float64 tensor
-    per chunk cost its page faults, chunks of M^T's rows (strided columns of M) a strided copy:
-    68 ms against 14 ms for the refinement of a 512 x 32768 float32 layer (one CPU thread);
-    column chunks of M, for one pass where A = M M^T, a strided copy too (1.6x the time per
-    entry in analyze). numpy for these float64 chunk products was slower inside analyze (1.72
-    against 1.53 s over 40 checkpoints on one worker), so they stay in torch. A power step costs one pass where a
-    float32 block step costs a Gram product of the whole block: the iteration hands over to the
-    refinement where :func:`_power_steps` says a few suffice."""
+    group order. Where A = M^T M, one pass per vector: theta_1 = sum of ||M_r v||^2,
+    A v = sum of M_r^T (M_r v). Where A = M M^T, u = M^T v takes a first pass, then each pass
+    gives A v = M u and, while power steps remain, M^T (A v) on the same chunks, the next
+    vector's u. Converting into a fresh float64 tensor per chunk cost its page faults, chunks of
+    M^T's rows (strided columns of M) a strided copy: 68 ms against 14 ms for the refinement of
+    a 512 x 32768 float32 layer (one CPU thread); column chunks of M, for one pass where
+    A = M M^T, a strided copy too (1.6x the time per entry in analyze). numpy for these float64
+    chunk products was slower inside analyze (1.72 against 1.53 s over 40 checkpoints on one
+    worker), so they stay in torch. A power step costs one pass where a float32 block step costs
+    a Gram product of the whole block: the iteration hands over to the refinement where
+    :func:`_power_steps` says a few suffice."""
     v = vecs[:, 0].double()
     v = v / torch.linalg.vector_norm(v)
     rows, cols = m.shape
@@ -447,16 +457,10 @@ def _refine64(
 
         map_ordered(group, range(count), None if m.device.type == "cpu" else 1)  # one thread feeds a GPU
 
-    def summed(parts: torch.Tensor) -> torch.Tensor:
-        out = parts[0].clone()
-        for part in parts[1:]:  # in group order, whatever the schedule
-            out += part
-        return out
-
     if wide:  # v over M's rows: u = M^T v
         acc.zero_()
         pass_(lambda g, start, stop, chunk: acc[g].addmv_(chunk.T, v[start:stop]))
-        u = summed(acc)
+        u = _ordered_sum(acc)
     for attempt in range(steps + 1):
         more = attempt < steps
         acc.zero_()
@@ -478,7 +482,7 @@ def _refine64(
                     acc[g].addmv_(chunk.T, av[start:stop])
 
             pass_(wide_pass)
-            after = summed(acc) if more else None
+            after = _ordered_sum(acc) if more else None
         else:
             scalars.zero_()
 
@@ -488,7 +492,7 @@ def _refine64(
                 acc[g].addmv_(chunk.T, part)
 
             pass_(tall_pass)
-            av, theta1, after = summed(acc), summed(scalars), None
+            av, theta1, after = _ordered_sum(acc), _ordered_sum(scalars), None
         r1 = torch.linalg.vector_norm(av - theta1 * v)
         theta64 = torch.cat([theta1.reshape(1).cpu(), theta[1:].cpu()])
         resid64 = torch.cat([r1.reshape(1).cpu(), resid[1:].cpu()])
@@ -518,28 +522,19 @@ def _gram_chunked(m: torch.Tensor, wide: bool) -> torch.Tensor:
     rows, cols = m.shape
     dim, summed = (rows, cols) if wide else (cols, rows)
     starts = list(range(0, summed, _SUM_CHUNK))
-    count = max(1, min(4, len(starts), (8 << 20) // (dim * dim)))
+    cpu = m.device.type == "cpu"
+    count = max(1, min(4, len(starts), (8 << 20) // (dim * dim))) if cpu else 1
+    src = m.numpy(force=True) if cpu else m  # on the CPU numpy's BLAS, as the iteration's products
 
-    if m.device.type != "cpu":
-        out = torch.zeros(dim, dim, dtype=torch.float64, device=m.device)
-        for start in starts:
-            part = m[:, start : start + _SUM_CHUNK] if wide else m[start : start + _SUM_CHUNK].T
-            out += part @ part.T
-        return out
-    array = m.numpy(force=True)  # numpy's BLAS, as the iteration's products (matrix_top_singular)
-
-    def group(i: int) -> np.ndarray:
-        out = np.zeros((dim, dim))
+    def group(i: int) -> np.ndarray | torch.Tensor:
+        out = np.zeros((dim, dim)) if cpu else torch.zeros(dim, dim, dtype=torch.float64, device=m.device)
         for start in starts[i * len(starts) // count : (i + 1) * len(starts) // count]:
-            part = array[:, start : start + _SUM_CHUNK] if wide else array[start : start + _SUM_CHUNK].T
+            part = src[:, start : start + _SUM_CHUNK] if wide else src[start : start + _SUM_CHUNK].T
             out += part @ part.T
         return out
 
-    sums = map_ordered(group, range(count))
-    total = sums[0]
-    for more in sums[1:]:
-        total += more
-    return torch.from_numpy(total)
+    total = _ordered_sum(map_ordered(group, range(count)))
+    return torch.from_numpy(total) if cpu else total
 
 
 def _start_block(
@@ -612,11 +607,7 @@ def matrix_top_singular(
             p = array[:, span[0] : span[1]] if wide else array[span[0] : span[1]].T
             return (left @ p) @ p.T
 
-        parts = map_ordered(piece, pieces)
-        out = parts[0]
-        for part in parts[1:]:
-            out += part
-        return torch.from_numpy(out).T
+        return torch.from_numpy(_ordered_sum(map_ordered(piece, pieces))).T
 
     k = min(_BLOCK, dim)
     start = _start_block(dim, k, warm, work.dtype, work.device, seed)
