@@ -71,6 +71,35 @@ def test_the_transposed_conv_is_the_adjoint(
     assert float((y * y).sum()) == pytest.approx(float((x * fast(x)).sum()), rel=1e-12)
 
 
+@pytest.mark.parametrize("in_shape,k,stride,padding,dilation,groups", ADJOINT_GEOMETRIES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_vectors_give_the_same_operator_with_its_coordinates_permuted(
+    in_shape: tuple[int, ...], k: int, stride: int, padding: int, dilation: int, groups: int, dtype: torch.dtype
+) -> None:
+    layer = _layer(in_shape, stride, padding, dilation, cin=4, groups=groups)
+    gen = torch.Generator().manual_seed(3 * sum(in_shape) + k)
+    w = torch.randn(6, 4 // groups, *([k] * len(in_shape)), generator=gen, dtype=torch.float64).to(dtype)
+    plain, dim = gram_operator(layer, w, dtype)
+    last, _ = gram_operator(layer, w, dtype, channels_last=True)
+    # the permutation written out as an index map: entry (p, c) of a channels-last vector is
+    # entry (c, p) of the usual one
+    order = torch.arange(dim).reshape(4, -1).T.reshape(-1)
+    x = torch.randn(dim, 3, generator=gen, dtype=torch.float64).to(dtype)
+    # the same sums in another memory order: float64 to ~1e-15, float32 to ~1e-6 relative
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    got = last(x[order])
+    want = plain(x)[order]
+    assert float((got - want).norm()) <= rtol * float(want.norm())
+    # and the iteration, which runs on channels-last vectors, gives the plain path's sigma_1 and
+    # hands back its block in the usual order: the block's Rayleigh quotient on the plain operator
+    if dtype == torch.float64 and dim > 64:
+        sigma, block = iterative_conv_norm(layer, w.float())
+        reference, _ = iterative_conv_norm(layer, w, fast=False)
+        assert sigma == pytest.approx(reference, rel=CONV_TOL)
+        v = block[:, :1].double() / block[:, :1].double().norm()
+        assert float(v.T @ plain(v)) ** 0.5 == pytest.approx(reference, rel=1e-4)
+
+
 def test_the_symbol_start_lies_near_the_top_and_gives_the_same_norm() -> None:
     layer = _layer((16, 16), 1, 1, 1, cin=8)
     w = torch.randn(8, 8, 3, 3, generator=torch.Generator().manual_seed(5))

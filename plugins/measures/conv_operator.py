@@ -203,7 +203,12 @@ def _adjoint(layer: LayerSpec, weight: torch.Tensor) -> Callable[[torch.Tensor],
         and all(s == 1 for s in layer.stride)
         and all(p >= 0 for p in flip_pad)
     ):
-        flipped = weight.flip(tuple(range(2, weight.dim()))).transpose(0, 1).contiguous()
+        flipped = weight.flip(tuple(range(2, weight.dim()))).transpose(0, 1)
+        last = weight.dim() == 4 and not weight.is_contiguous()
+        if last and weight.is_contiguous(memory_format=torch.channels_last):
+            flipped = flipped.contiguous(memory_format=torch.channels_last)
+        else:
+            flipped = flipped.contiguous()
         return lambda y: conv(y, flipped, None, 1, tuple(flip_pad), layer.dilation, 1)
     out_pad = []
     for n, k, s, p, d in zip(layer.in_shape, ks, layer.stride, layer.padding, layer.dilation):
@@ -214,21 +219,41 @@ def _adjoint(layer: LayerSpec, weight: torch.Tensor) -> Callable[[torch.Tensor],
 
 
 def gram_operator(
-    layer: LayerSpec, weight: torch.Tensor, dtype: torch.dtype = torch.float64, *, autograd: bool = False
+    layer: LayerSpec,
+    weight: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+    *,
+    autograd: bool = False,
+    channels_last: bool = False,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
     """(X -> A^T A X for blocks X of shape (dim, b), dim = c_in * prod(in_shape)) in ``dtype``.
     A^T is the transposed conv where the padding is zeros (about 40 % less time than autograd's
     backward, which builds a graph per product), autograd's gradient of 1/2 ||A x||^2 where it
-    is circular or ``autograd`` asks for it (the plain path, an independent adjoint)."""
+    is circular or ``autograd`` asks for it (the plain path, an independent adjoint).
+    ``channels_last``: a vector's entries in the order (*in_shape, c_in), the channel fastest
+    (the same operator with its coordinates permuted, hence the same spectrum), so that the
+    convs run on channels-last tensors without a copy: 6-12 % less time per float32 product
+    and 15-55 % per float64 one on the ResNet-18 CIFAR convs (2-core Zen 1, one thread)."""
     assert layer.in_shape is not None and layer.in_channels is not None
     w = weight.detach().to(dtype)
+    if channels_last and w.dim() == 4:
+        w = w.contiguous(memory_format=torch.channels_last)
     forward = conv_forward(layer, w)
     adjoint = None if autograd else _adjoint(layer, w)
-    shape = (layer.in_channels, *layer.in_shape)
+    in_shape = layer.in_shape
+    shape = (layer.in_channels, *in_shape)
     dim = prod(shape)
+    spatial = len(in_shape)
+    # (b, *in_shape, c) <-> (b, c, *in_shape)
+    to_conv = (0, spatial + 1, *range(1, spatial + 1))
+    from_conv = (0, *range(2, spatial + 2), 1)
 
     def apply_gram(block: torch.Tensor) -> torch.Tensor:
-        x = block.T.reshape(block.shape[1], *shape)
+        b = block.shape[1]
+        if channels_last:
+            x = block.T.reshape(b, *in_shape, shape[0]).permute(to_conv)
+        else:
+            x = block.T.reshape(b, *shape)
         if adjoint is not None:
             g = adjoint(forward(x))
         else:
@@ -236,9 +261,24 @@ def gram_operator(
             with torch.enable_grad():
                 y = forward(x)
                 (g,) = torch.autograd.grad(0.5 * (y * y).sum(), x)
-        return g.reshape(block.shape[1], dim).T
+        if channels_last:
+            g = g.permute(from_conv)
+        return g.reshape(b, dim).T
 
     return apply_gram, dim
+
+
+def _to_channels_last(block: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A block (dim, b) of vectors in (c, *spatial) order as vectors in (*spatial, c) order."""
+    spatial = len(shape) - 1
+    return block.reshape(*shape, -1).permute(*range(1, spatial + 1), 0, spatial + 1).reshape(block.shape)
+
+
+def _from_channels_last(block: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The inverse of :func:`_to_channels_last`."""
+    spatial = len(shape) - 1
+    moved = block.reshape(*shape[1:], shape[0], -1)
+    return moved.permute(spatial, *range(spatial), spatial + 1).reshape(block.shape)
 
 
 def dense_conv_norm(layer: LayerSpec, weight: torch.Tensor) -> float:
@@ -367,8 +407,12 @@ def iterative_conv_norm(
     the adjoint), certified, and finished where needed, on float64 ones; otherwise (the plain
     path) float64 subspace iteration with the Kato-Temple / Krylov-Weinstein bounds and
     autograd's adjoint. ``symbol``: the symbol start's state across checkpoints (:func:`symbol_start`)."""
-    gram64, dim = gram_operator(layer, weight, autograd=not fast)
-    gram32, _ = gram_operator(layer, weight, torch.float32)
+    # the fast path's operators take their vectors channels-last (gram_operator); the blocks in and
+    # out of this function are in the usual (c_in, *in_shape) order
+    assert layer.in_shape is not None and layer.in_channels is not None
+    shape = (layer.in_channels, *layer.in_shape)
+    gram64, dim = gram_operator(layer, weight, autograd=not fast, channels_last=fast)
+    gram32, _ = gram_operator(layer, weight, torch.float32, channels_last=fast)
     # operators as small as the dense Gram matrix's (reached only by calling this directly)
     # get the 16-vector subspace iteration: a Krylov basis would be near their size
     block = KRYLOV_BLOCK if fast and dim > DENSE_DIM else 16
@@ -381,6 +425,8 @@ def iterative_conv_norm(
             warm = fresh
         elif fresh is not None:
             warm = torch.cat([warm[:, : block - 1].to(fresh), fresh], dim=1)
+        if warm is not None:
+            warm = _to_channels_last(warm, shape)
     try:
         top = operator_top_singular(
             gram32 if fast else gram64,
@@ -397,7 +443,7 @@ def iterative_conv_norm(
     except ArithmeticError as exc:
         raise MeasureError(f"layer {layer.name!r}: {exc}") from None
     assert top.block is not None
-    return top.sigma, top.block
+    return top.sigma, _from_channels_last(top.block, shape) if fast else top.block
 
 
 def conv_norm(
