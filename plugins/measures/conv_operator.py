@@ -203,12 +203,10 @@ def _adjoint(layer: LayerSpec, weight: torch.Tensor) -> Callable[[torch.Tensor],
         and all(s == 1 for s in layer.stride)
         and all(p >= 0 for p in flip_pad)
     ):
+        # in the weight's memory format (channels-last where gram_operator asked for it)
+        last = not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
         flipped = weight.flip(tuple(range(2, weight.dim()))).transpose(0, 1)
-        last = weight.dim() == 4 and not weight.is_contiguous()
-        if last and weight.is_contiguous(memory_format=torch.channels_last):
-            flipped = flipped.contiguous(memory_format=torch.channels_last)
-        else:
-            flipped = flipped.contiguous()
+        flipped = flipped.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format)
         return lambda y: conv(y, flipped, None, 1, tuple(flip_pad), layer.dilation, 1)
     out_pad = []
     for n, k, s, p, d in zip(layer.in_shape, ks, layer.stride, layer.padding, layer.dilation):
@@ -412,7 +410,8 @@ def iterative_conv_norm(
     assert layer.in_shape is not None and layer.in_channels is not None
     shape = (layer.in_channels, *layer.in_shape)
     gram64, dim = gram_operator(layer, weight, autograd=not fast, channels_last=fast)
-    gram32, _ = gram_operator(layer, weight, torch.float32, channels_last=fast)
+    # the operator the iteration runs on: float32 on the fast path (certified on gram64)
+    gram = gram_operator(layer, weight, torch.float32, channels_last=True)[0] if fast else gram64
     # operators as small as the dense Gram matrix's (reached only by calling this directly)
     # get the 16-vector subspace iteration: a Krylov basis would be near their size
     block = KRYLOV_BLOCK if fast and dim > DENSE_DIM else 16
@@ -429,7 +428,7 @@ def iterative_conv_norm(
             warm = _to_channels_last(warm, shape)
     try:
         top = operator_top_singular(
-            gram32 if fast else gram64,
+            gram,
             dim,
             warm,
             tol=tol,
